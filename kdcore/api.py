@@ -1,0 +1,177 @@
+"""The public plugin API: what a plugin, built-in or third-party, registers with kdcore.
+
+A plugin module exposes one or more hook implementations that *yield* spec objects::
+
+    from kdcore.api import DistillerSpec, Params, hookimpl
+
+    class MyParams(Params):
+        temperature: float = 4.0
+
+    @hookimpl
+    def kdcore_distillers():
+        yield DistillerSpec(name="my-kd", summary="My distiller", params=MyParams,
+                            build="my_package.losses:build_my_kd")
+
+This module must stay cheap to import (no torch): ``kdcore plugins`` lists every component
+without loading torch. ``build`` may therefore be a ``"module:function"`` string that is
+imported only when the component is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+from pydantic import BaseModel, ConfigDict
+
+hookimpl = pluggy.HookimplMarker("kdcore")
+
+_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+class Params(BaseModel):
+    """Base for a component's parameters: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(Params):
+    """For components that take no parameters."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComponentSpec:
+    """What every registered component declares.
+
+    Attributes:
+        name: the selector used in recipes (lower case, digits, ``-``, ``_``, ``.``).
+        summary: one line shown by ``kdcore plugins``.
+        params: a :class:`Params` subclass whose defaults are the published values.
+        build: ``build(params, ctx)``, or a ``"module:function"`` string naming it.
+    """
+
+    name: str
+    summary: str
+    build: Callable[..., Any] | str
+    params: type[BaseModel] = NoParams
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_PATTERN.match(self.name):
+            raise ValueError(
+                f"component name {self.name!r} must match {_NAME_PATTERN.pattern} "
+                "(lower case, digits, '-', '_', '.')"
+            )
+        if not isinstance(self.summary, str) or not self.summary.strip() or "\n" in self.summary:
+            raise ValueError(f"component {self.name!r}: summary must be one non-empty line")
+        if not (isinstance(self.params, type) and issubclass(self.params, BaseModel)):
+            raise ValueError(f"component {self.name!r}: params must be a pydantic model class")
+        if self.params.model_config.get("extra") != "forbid":
+            raise ValueError(
+                f"component {self.name!r}: params model must forbid unknown keys "
+                "(subclass kdcore.api.Params)"
+            )
+        if isinstance(self.build, str) and ":" not in self.build:
+            raise ValueError(f"component {self.name!r}: build string must be 'module:function'")
+
+    def builder(self) -> Callable[..., Any]:
+        """The build callable, importing it first when it was given as a string."""
+        if callable(self.build):
+            return self.build
+        module_name, _, attribute = self.build.partition(":")
+        return getattr(importlib.import_module(module_name), attribute)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObjectiveSpec(ComponentSpec):
+    """A teacher objective. ``build(params, ctx: ObjectiveContext)`` returns a callable
+    ``(logits, labels) -> scalar loss`` (usually an ``nn.Module``)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillerSpec(ComponentSpec):
+    """A distillation method. ``build(params, ctx: DistillerContext)`` returns a
+    :class:`kdcore.nn.Distiller`."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetSpec(ComponentSpec):
+    """A dataset. ``build(params, ctx: DatasetContext)`` returns a
+    :class:`kdcore.nn.DatasetBundle`."""
+
+
+TapPath = str | tuple[str, ...]
+"""A module path (``"layer1"``, ``"layer2.1.relu"``); ``"fc:input"`` taps a module's input.
+A tuple taps several modules, in order (e.g. the stage outputs)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArchitectureSpec(ComponentSpec):
+    """A network. ``build(params, ctx: ArchitectureContext)`` returns an ``nn.Module`` that maps
+    inputs to logits.
+
+    ``taps`` names the features that distillers may ask for (``stem``, ``stages``,
+    ``preact_stages``, ``pooled``...), by module path, so unmodified models work; ``logits``
+    is always available. It is a mapping, or a callable of the params returning one.
+    """
+
+    taps: Mapping[str, TapPath] | Callable[[Any], Mapping[str, TapPath]] = field(
+        default_factory=dict
+    )
+
+    def tap_paths(self, params: BaseModel) -> dict[str, TapPath]:
+        taps = self.taps(params) if callable(self.taps) else self.taps
+        return dict(taps)
+
+
+@dataclass(frozen=True)
+class ObjectiveContext:
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class DatasetContext:
+    seed: int
+    """The run's seed; data that must not change with the run seed use their own param."""
+
+
+@dataclass(frozen=True)
+class ArchitectureContext:
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DistillerContext:
+    """What a distiller may look at when it is built.
+
+    Attributes:
+        student, teacher: the two networks (the teacher is frozen).
+        student_shapes, teacher_shapes: per tap, the shape (or list of shapes) of the feature
+            for one sample, probed with a real batch before training.
+        num_classes: number of classes.
+        train_size: number of training samples (sample indices run from 0 to this - 1).
+        train_labels: labels of the training set, a tensor indexed by sample index.
+        epochs: number of epochs of the student stage (for warm-ups).
+    """
+
+    student: Any
+    teacher: Any
+    student_shapes: Mapping[str, Any]
+    teacher_shapes: Mapping[str, Any]
+    num_classes: int
+    train_size: int
+    train_labels: Any
+    epochs: int
+
+
+COMPONENT_KINDS: dict[str, type[ComponentSpec]] = {
+    "objective": ObjectiveSpec,
+    "distiller": DistillerSpec,
+    "dataset": DatasetSpec,
+    "architecture": ArchitectureSpec,
+}
+"""Each kind of component, with the spec type its hook yields."""

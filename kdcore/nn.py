@@ -1,0 +1,103 @@
+"""The torch side of the plugin API: what datasets return and what distillers implement.
+
+Import this inside ``build`` functions (or in modules that ``build`` strings point to), not at
+the top of a plugin's registration module: listing plugins must not import torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+Features = dict[str, "Tensor | list[Tensor]"]
+"""Named features of one forward pass: ``logits`` always, plus the taps a distiller asked for."""
+
+BatchTransform = Callable[[Tensor, torch.Generator], Tensor]
+"""A random transform of a whole batch (augmentation), drawing randomness from the generator."""
+
+
+@dataclass
+class Split:
+    """One split of a dataset.
+
+    ``inputs`` is either a tensor holding the whole split in memory (the fast path: the trainer
+    slices batches from it, no worker processes) or a ``Dataset`` whose items are ``(input,
+    label)`` (the DataLoader path, for sets that do not fit in memory).
+
+    Attributes:
+        labels: the label of every sample, in order.
+        true_probs: p*(y|x) of every sample, where the dataset knows it (synthetic data).
+        labeled: boolean mask of the samples whose label may be used (semi-supervised); the
+            teacher trains on these only and the student's cross-entropy sees only these.
+    """
+
+    inputs: Tensor | Dataset
+    labels: Tensor
+    true_probs: Tensor | None = None
+    labeled: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.inputs, Tensor)
+
+
+@dataclass
+class DatasetBundle:
+    """What a dataset plugin builds.
+
+    Attributes:
+        train_transform: applied to each training batch of an in-memory split (e.g. random crop
+            and flip, then normalisation); ``None`` leaves the batch as stored.
+        eval_transform: applied to each evaluation batch of an in-memory split (e.g. uint8 to
+            normalised float).
+    """
+
+    num_classes: int
+    input_shape: tuple[int, ...]
+    train: Split
+    test: Split
+    val: Split | None = None
+    train_transform: BatchTransform | None = None
+    eval_transform: Callable[[Tensor], Tensor] | None = None
+
+
+@dataclass
+class Batch:
+    """A training batch as a distiller sees it.
+
+    Attributes:
+        index: position of each sample in the training split (memory banks, CRD).
+        epoch: the current epoch, counted from 0; ``epochs`` is the stage's total (warm-ups).
+        labeled: boolean mask of samples whose label may be used, or ``None`` for all.
+    """
+
+    inputs: Tensor
+    labels: Tensor
+    index: Tensor
+    epoch: int
+    epochs: int
+    labeled: Tensor | None = None
+
+
+class Distiller(nn.Module):
+    """Base class of distillation methods.
+
+    A distiller names the features it reads from each network (``student_taps`` and
+    ``teacher_taps``: ``"logits"`` or a tap the architecture declares, such as ``"stages"``
+    or ``"pooled"``) and returns a dict of named loss terms from :meth:`forward`. The kernel
+    multiplies their sum by the recipe's weight and logs each term. Parameters a distiller owns
+    (regressors, embeddings) are trained with the student. Teacher features arrive detached.
+    """
+
+    student_taps: tuple[str, ...] = ("logits",)
+    teacher_taps: tuple[str, ...] = ("logits",)
+
+    def forward(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
+        raise NotImplementedError

@@ -1,0 +1,217 @@
+"""Recipes: YAML files validated in two phases.
+
+The kernel's models check the envelope (stages, optimiser, schedule, runtime); each
+``{name, params}`` section is then checked by the params model of the plugin it names, found in
+the registry passed through pydantic's validation context. Without a registry only the
+envelope is checked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from kdcore.registry import Registry, unknown_name_message
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentRef(Strict):
+    """``{name, params}``: a component chosen by name, with that component's own params."""
+
+    kind: ClassVar[str]
+    name: str
+    params: Any = Field(default_factory=dict, validate_default=True)
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, name: str, info: ValidationInfo) -> str:
+        registry = _registry(info)
+        if registry is not None and name not in registry.components[cls.kind]:
+            raise PydanticCustomError(
+                "unknown_component",
+                "{message}",
+                {"message": unknown_name_message(cls.kind, name, registry.names(cls.kind))},
+            )
+        return name
+
+    @field_validator("params")
+    @classmethod
+    def _valid_params(cls, params: Any, info: ValidationInfo) -> Any:
+        registry = _registry(info)
+        if registry is None or "name" not in info.data:
+            return params
+        spec = registry.get(cls.kind, info.data["name"]).spec
+        if isinstance(params, spec.params):
+            return params
+        return spec.params.model_validate({} if params is None else params)
+
+
+def _registry(info: ValidationInfo) -> Registry | None:
+    return (info.context or {}).get("registry")
+
+
+class ObjectiveRef(ComponentRef):
+    kind = "objective"
+
+
+class DatasetRef(ComponentRef):
+    kind = "dataset"
+
+
+class ArchitectureRef(ComponentRef):
+    kind = "architecture"
+    taps: dict[str, str | list[str]] = Field(
+        default_factory=dict,
+        description="extra feature taps by module path, added to the architecture's own",
+    )
+
+
+class DistillerRef(ComponentRef):
+    kind = "distiller"
+    weight: Annotated[float, Field(ge=0)] = 1.0
+    label: Annotated[str, Field(pattern=NAME_PATTERN)] | None = Field(
+        default=None, description="name of the loss term in logs; defaults to the distiller name"
+    )
+
+    @property
+    def term(self) -> str:
+        return self.label or self.name
+
+
+class OptimizerConfig(Strict):
+    name: Literal["sgd"] = "sgd"
+    lr: Annotated[float, Field(gt=0)]
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = False
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+
+
+class ScheduleConfig(Strict):
+    """Learning-rate schedule, stepped once per epoch."""
+
+    name: Literal["constant", "multistep", "cosine"] = "constant"
+    milestones: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list, description="multistep: epochs after which the lr is multiplied by gamma"
+    )
+    gamma: Annotated[float, Field(gt=0)] = 0.1
+    min_lr: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _milestones_fit_schedule(self) -> ScheduleConfig:
+        if self.name == "multistep":
+            if not self.milestones:
+                raise ValueError("multistep needs milestones, e.g. [150, 180, 210]")
+            if self.milestones != sorted(set(self.milestones)):
+                raise ValueError("milestones must be strictly increasing")
+        return self
+
+
+class StageConfig(Strict):
+    arch: ArchitectureRef
+    epochs: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]
+    eval_batch_size: Annotated[int, Field(ge=1)] = 1024
+    drop_last: bool = Field(default=False, description="skip the last incomplete batch of an epoch")
+    optimizer: OptimizerConfig | None = Field(
+        default=None, description="defaults to the recipe's top-level optimizer"
+    )
+    schedule: ScheduleConfig | None = Field(
+        default=None, description="defaults to the recipe's top-level schedule"
+    )
+
+
+class TeacherStage(StageConfig):
+    """Train the teacher with an objective, or load it from a safetensors checkpoint."""
+
+    objective: ObjectiveRef | None = None
+    checkpoint: Path | None = None
+    epochs: Annotated[int, Field(ge=1)] = 1
+    batch_size: Annotated[int, Field(ge=1)] = 64
+
+    @model_validator(mode="after")
+    def _objective_or_checkpoint(self) -> TeacherStage:
+        if (self.objective is None) == (self.checkpoint is None):
+            raise ValueError("give exactly one of 'objective' (train) or 'checkpoint' (load)")
+        if self.checkpoint is not None:
+            if self.checkpoint.suffix != ".safetensors":
+                raise ValueError(f"checkpoint {self.checkpoint} must be a .safetensors file")
+            if not self.checkpoint.is_file():
+                raise ValueError(f"checkpoint file {self.checkpoint} does not exist")
+        return self
+
+
+class StudentStage(StageConfig):
+    ce_weight: Annotated[float, Field(ge=0)] = Field(
+        default=1.0, description="weight of cross-entropy on the labels"
+    )
+    distillers: list[DistillerRef] = Field(default_factory=list)
+
+    @field_validator("distillers")
+    @classmethod
+    def _unique_terms(cls, distillers: list[DistillerRef]) -> list[DistillerRef]:
+        terms = [d.term for d in distillers]
+        repeated = sorted({t for t in terms if terms.count(t) > 1})
+        if repeated:
+            raise ValueError(f"distiller {repeated[0]!r} appears twice; give each a distinct 'label'")
+        return distillers
+
+
+class RuntimeConfig(Strict):
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")] = "auto"
+    threads: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="torch CPU threads per run; default: cores / jobs"
+    )
+    jobs: Annotated[int, Field(ge=1)] = Field(
+        default=1, description="runs of a matrix trained at the same time, each in its own process"
+    )
+    num_workers: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="DataLoader workers for datasets that are not in memory"
+    )
+    checkpoint_every: Annotated[int, Field(ge=1)] = Field(
+        default=1, description="epochs between checkpoints"
+    )
+
+
+class Recipe(Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    seed: Annotated[int, Field(ge=0)] = 0
+    data: DatasetRef
+    optimizer: OptimizerConfig | None = None
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    teacher: TeacherStage
+    student: StudentStage | None = None
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _stages_inherit_optimisation(self) -> Recipe:
+        for stage_name in ("teacher", "student"):
+            stage = getattr(self, stage_name)
+            if stage is None:
+                continue
+            if stage.optimizer is None:
+                if self.optimizer is None and not (
+                    stage_name == "teacher" and self.teacher.checkpoint is not None
+                ):
+                    raise ValueError(
+                        f"{stage_name}.optimizer is missing: set 'optimizer' at the top level "
+                        "or in the stage"
+                    )
+                stage.optimizer = self.optimizer
+            if stage.schedule is None:
+                stage.schedule = self.schedule
+        return self

@@ -1,0 +1,142 @@
+"""Discovers plugins through entry points and answers lookups of components by name.
+
+Each entry point is loaded on its own: a plugin that fails to import, or whose hook raises or
+yields something that is not a spec, is recorded as failed and the others keep working. Two
+components of the same kind and name are a conflict: both stay listed, and looking the name up
+fails with a message naming both providers.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from kdcore.api import COMPONENT_KINDS, ComponentSpec
+from kdcore.errors import KdcoreError
+from kdcore.hookspecs import HOOK_FOR_KIND, KdcoreSpecs
+
+ENTRY_POINT_GROUP = "kdcore"
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    distribution: str
+    version: str
+    status: str = "ok"
+    error: str | None = None
+
+    def fail(self, error: str) -> None:
+        self.status = "failed"
+        self.error = error if self.error is None else f"{self.error}; {error}"
+
+
+@dataclass(frozen=True)
+class Component:
+    kind: str
+    spec: ComponentSpec
+    provider: PluginInfo
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass
+class Registry:
+    plugins: list[PluginInfo] = field(default_factory=list)
+    components: dict[str, dict[str, list[Component]]] = field(
+        default_factory=lambda: {kind: {} for kind in COMPONENT_KINDS}
+    )
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.components[kind])
+
+    def all_components(self) -> Iterable[Component]:
+        for kind in COMPONENT_KINDS:
+            for name in sorted(self.components[kind]):
+                yield from self.components[kind][name]
+
+    def get(self, kind: str, name: str) -> Component:
+        """The component of that kind and name, or a KdcoreError that helps fix the name."""
+        candidates = self.components[kind].get(name)
+        if not candidates:
+            raise KdcoreError(unknown_name_message(kind, name, self.names(kind)))
+        if len(candidates) > 1:
+            providers = " and ".join(
+                f"{c.provider.name} ({c.provider.distribution} {c.provider.version})"
+                for c in candidates
+            )
+            raise KdcoreError(
+                f"{kind} '{name}' is provided by both {providers}; uninstall one of them"
+            )
+        return candidates[0]
+
+    def add(self, kind: str, spec: ComponentSpec, provider: PluginInfo) -> None:
+        self.components[kind].setdefault(spec.name, []).append(Component(kind, spec, provider))
+
+    def conflicts(self) -> list[tuple[str, str, list[Component]]]:
+        return [
+            (kind, name, found)
+            for kind, by_name in self.components.items()
+            for name, found in sorted(by_name.items())
+            if len(found) > 1
+        ]
+
+
+def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    available = ", ".join(known) if known else "none installed"
+    return f"unknown {kind} '{name}' (available: {available}){hint}"
+
+
+def load_registry(group: str = ENTRY_POINT_GROUP) -> Registry:
+    """Load every entry point of the group, each in isolation, and collect their components."""
+    registry = Registry()
+    manager = pluggy.PluginManager("kdcore")
+    manager.add_hookspecs(KdcoreSpecs)
+    loaded: dict[str, PluginInfo] = {}
+    for entry_point in sorted(importlib.metadata.entry_points(group=group), key=_sort_key):
+        info = PluginInfo(
+            name=entry_point.name,
+            distribution=entry_point.dist.name if entry_point.dist else "?",
+            version=entry_point.dist.version if entry_point.dist else "?",
+        )
+        registry.plugins.append(info)
+        plugin_id = f"{info.distribution}:{info.name}"
+        try:
+            manager.register(entry_point.load(), name=plugin_id)
+        except Exception as error:  # a broken plugin must not take the others down
+            info.fail(f"{type(error).__name__}: {error}")
+            continue
+        loaded[plugin_id] = info
+    for kind, hook_name in HOOK_FOR_KIND.items():
+        for implementation in getattr(manager.hook, hook_name).get_hookimpls():
+            _collect(registry, kind, implementation, loaded[implementation.plugin_name])
+    return registry
+
+
+def _sort_key(entry_point: importlib.metadata.EntryPoint) -> tuple[str, str]:
+    return (entry_point.dist.name if entry_point.dist else "", entry_point.name)
+
+
+def _collect(registry: Registry, kind: str, implementation: Any, info: PluginInfo) -> None:
+    """Call one plugin's registration hook, keeping only what it yields of the right type."""
+    hook_name = HOOK_FOR_KIND[kind]
+    expected = COMPONENT_KINDS[kind]
+    try:
+        specs = list(implementation.function())
+    except Exception as error:
+        info.fail(f"{hook_name} raised {type(error).__name__}: {error}")
+        return
+    for spec in specs:
+        if isinstance(spec, expected):
+            registry.add(kind, spec, info)
+        else:
+            info.fail(f"{hook_name} yielded {type(spec).__name__}, expected {expected.__name__}")

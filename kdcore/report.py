@@ -1,0 +1,146 @@
+"""Aggregates finished runs: mean ± std over seeds per group of matrix values, as Markdown and
+CSV, and, where the data know p*, a scatter of student accuracy against the teacher's distance
+to p* (the paper's Fig. 1)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdcore.errors import KdcoreError
+from kdcore.recipe_loader import variant_id
+from kdcore.runner import SUMMARY
+
+COLUMNS = [
+    ("teacher", "test", "top1", "teacher top-1 (%)"),
+    ("student", "test", "top1", "student top-1 (%)"),
+    ("teacher", "train", "mse_to_true", "teacher MSE to p* (train)"),
+    ("teacher", "train", "ce_to_true", "teacher CE to p* (train)"),
+    ("teacher", "test", "mse_to_true", "teacher MSE to p* (test)"),
+    ("teacher", "test", "ce_to_true", "teacher CE to p* (test)"),
+    ("student", "test", "mse_to_true", "student MSE to p* (test)"),
+    ("teacher", "test", "brier", "teacher Brier (test)"),
+    ("teacher", "test", "nll", "teacher NLL (test)"),
+]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    directory: Path
+    overrides: dict[str, Any]
+    summary: dict[str, Any]
+
+    @property
+    def group(self) -> str:
+        """The run's matrix values other than the seed: runs differing only in seed pool."""
+        kept = {k: v for k, v in self.overrides.items() if k.split(".")[-1] != "seed"}
+        return variant_id(kept) or "all runs"
+
+    def metric(self, stage: str, split: str, name: str) -> float | None:
+        return self.summary.get(stage, {}).get(split, {}).get(name)
+
+
+def collect(directories: list[Path]) -> list[RunResult]:
+    """Finished runs in the given run directories (a single run, or a matrix's runs)."""
+    results = []
+    for directory in directories:
+        if not directory.is_dir():
+            raise KdcoreError(f"{directory}: no such run directory")
+        candidates = [directory] if (directory / SUMMARY).exists() else sorted(directory.iterdir())
+        for candidate in candidates:
+            if (candidate / SUMMARY).exists():
+                recipe = yaml.safe_load((candidate / "recipe.yaml").read_text()) if (candidate / "recipe.yaml").exists() else {}
+                overrides = (recipe or {}).get("overrides", {})
+                summary = json.loads((candidate / SUMMARY).read_text())
+                results.append(RunResult(candidate, overrides, summary))
+    if not results:
+        raise KdcoreError(f"no finished runs (with {SUMMARY}) in {', '.join(map(str, directories))}")
+    return results
+
+
+def aggregate(results: list[RunResult]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Column labels and one row per group: runs, then (mean, std) per column present."""
+    columns = [c for c in COLUMNS if any(r.metric(*c[:3]) is not None for r in results)]
+    groups: dict[str, list[RunResult]] = defaultdict(list)
+    for result in results:
+        groups[result.group].append(result)
+    rows = []
+    for group, members in groups.items():
+        row: dict[str, Any] = {"group": group, "runs": len(members)}
+        for stage, split, name, label in columns:
+            values = [v for r in members if (v := r.metric(stage, split, name)) is not None]
+            if values:
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                row[label] = (statistics.fmean(values), std)
+        rows.append(row)
+    return [c[3] for c in columns], rows
+
+
+def markdown_table(labels: list[str], rows: list[dict[str, Any]]) -> str:
+    header = "| group | runs | " + " | ".join(labels) + " |"
+    rule = "|" + "---|" * (len(labels) + 2)
+    lines = [header, rule]
+    for row in rows:
+        cells = [_format(row.get(label)) for label in labels]
+        lines.append(f"| {row['group']} | {row['runs']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _format(cell: tuple[float, float] | None) -> str:
+    if cell is None:
+        return "–"
+    mean, std = cell
+    digits = 2 if abs(mean) >= 1 else 4
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def write_report(directory: Path, results: list[RunResult]) -> list[Path]:
+    """Write report.md, report.csv and, where p* is known, bcpd_scatter.png. Returns the paths."""
+    labels, rows = aggregate(results)
+    written = [directory / "report.md", directory / "report.csv"]
+    (directory / "report.md").write_text(
+        f"# Report: {len(results)} runs in {directory}\n\nMean ± std (sample) over seeds.\n\n"
+        + markdown_table(labels, rows)
+    )
+    with (directory / "report.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["group", "runs", *[f"{label} {part}" for label in labels for part in ("mean", "std")]])
+        for row in rows:
+            writer.writerow([row["group"], row["runs"], *[x for label in labels for x in row.get(label, ("", ""))]])
+    if any(r.metric("teacher", "train", "mse_to_true") is not None and r.metric("student", "test", "top1") is not None for r in results):
+        written.append(plot_bcpd_scatter(directory / "bcpd_scatter.png", results))
+    return written
+
+
+def plot_bcpd_scatter(path: Path, results: list[RunResult]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({r.group for r in results})
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for axis, (name, label) in zip(axes, [("mse_to_true", "MSE(teacher, p*)"), ("ce_to_true", "CE(p*, teacher)")]):
+        for group, colour in zip(groups, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10):
+            points = [
+                (r.metric("teacher", "train", name), r.metric("student", "test", "top1"))
+                for r in results
+                if r.group == group and r.metric("teacher", "train", name) is not None
+            ]
+            axis.scatter([p[0] for p in points], [p[1] for p in points], label=group, color=colour, s=24)
+        axis.set_xlabel(f"{label} on the training set")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("student test top-1 (%)")
+    axes[0].legend()
+    figure.suptitle("Student accuracy against the teacher's distance to the Bayes probabilities")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,202 @@
+"""One run of a recipe: the teacher stage, the student stage, and their evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdcore.api import ArchitectureContext, DatasetContext, DistillerContext, ObjectiveContext, TapPath
+from kdcore.nn import Batch, DatasetBundle, Split
+from kdcore.progress import ProgressSink
+from kdcore.recipe import ArchitectureRef, ComponentRef, Recipe, StageConfig
+from kdcore.registry import Registry
+from kdcore.taps import FeatureRecorder, feature_shapes
+from kdcore.training.checkpoint import load_weights, write_json
+from kdcore.training.evaluate import evaluate
+from kdcore.training.stage import WEIGHTS, Stage
+
+SUMMARY = "summary.json"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def stage_seed(seed: int, purpose: str) -> int:
+    """Independent seeds per purpose, so that loading a teacher instead of training it does not
+    change the student's initialisation or batch order."""
+    purposes = ("teacher-init", "teacher-data", "student-init", "student-data")
+    return seed * len(purposes) + purposes.index(purpose)
+
+
+def build_component(registry: Registry, ref: ComponentRef, ctx: Any) -> Any:
+    return registry.get(ref.kind, ref.name).spec.builder()(ref.params, ctx)
+
+
+def build_network(
+    registry: Registry, ref: ArchitectureRef, data: DatasetBundle
+) -> tuple[nn.Module, dict[str, TapPath]]:
+    spec = registry.get("architecture", ref.name).spec
+    model = spec.builder()(ref.params, ArchitectureContext(data.num_classes, data.input_shape))
+    extra = {tap: path if isinstance(path, str) else tuple(path) for tap, path in ref.taps.items()}
+    return model, {**spec.tap_paths(ref.params), **extra}
+
+
+class Run:
+    """Trains and evaluates one variant of a recipe in ``directory``, resuming what a previous
+    attempt left there."""
+
+    def __init__(self, recipe: Recipe, directory: Path, registry: Registry, label: str, progress: ProgressSink):
+        self.recipe = recipe
+        self.directory = directory
+        self.registry = registry
+        self.label = label
+        self.progress = progress
+        self.device = resolve_device(recipe.runtime.device)
+
+    def execute(self) -> dict[str, Any]:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        data = build_component(self.registry, self.recipe.data, DatasetContext(seed=self.recipe.seed))
+        teacher = self._teacher(data)
+        summary: dict[str, Any] = {"teacher": self._evaluate(teacher, data, self.recipe.teacher)}
+        if self.recipe.student is not None:
+            student = self._student(data, teacher)
+            summary["student"] = self._evaluate(student, data, self.recipe.student)
+        write_json(self.directory / SUMMARY, summary)
+        return summary
+
+    def _teacher(self, data: DatasetBundle) -> nn.Module:
+        config = self.recipe.teacher
+        torch.manual_seed(stage_seed(self.recipe.seed, "teacher-init"))
+        model, _ = build_network(self.registry, config.arch, data)
+        model.to(self.device)
+        stage_directory = self.directory / "teacher"
+        finished = stage_directory / WEIGHTS
+        if config.checkpoint is not None or finished.exists():
+            load_weights(model, config.checkpoint or finished)
+            return model
+        objective = build_component(self.registry, config.objective, ObjectiveContext(data.num_classes))
+        term = config.objective.name
+
+        def step_loss(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+            loss = objective(model(batch.inputs), batch.labels)
+            return loss, {term: loss}
+
+        labeled = data.train.labeled
+        indices = labeled.nonzero().flatten() if labeled is not None else torch.arange(len(data.train))
+        self._stage("teacher", nn.ModuleDict({"model": model}), step_loss, config, data, indices).train()
+        return model
+
+    def _student(self, data: DatasetBundle, teacher: nn.Module) -> nn.Module:
+        config = self.recipe.student
+        teacher.eval().requires_grad_(False)
+        torch.manual_seed(stage_seed(self.recipe.seed, "student-init"))
+        student, student_paths = build_network(self.registry, config.arch, data)
+        student.to(self.device)
+        _, teacher_paths = build_network(self.registry, self.recipe.teacher.arch, data)
+        probe = _probe_inputs(data).to(self.device)
+        context = DistillerContext(
+            student=student,
+            teacher=teacher,
+            student_shapes=_probe_shapes(student, student_paths, probe),
+            teacher_shapes=_probe_shapes(teacher, teacher_paths, probe),
+            num_classes=data.num_classes,
+            train_size=len(data.train),
+            train_labels=data.train.labels,
+            epochs=config.epochs,
+        )
+        distillers = [build_component(self.registry, ref, context) for ref in config.distillers]
+        student_features = FeatureRecorder(student, student_paths, _wanted(distillers, "student_taps"))
+        teacher_features = FeatureRecorder(teacher, teacher_paths, _wanted(distillers, "teacher_taps"))
+
+        def step_loss(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+            features = student_features(batch.inputs)
+            with torch.no_grad():
+                targets = teacher_features(batch.inputs)
+            ce = _cross_entropy(features["logits"], batch.labels, batch.labeled)
+            terms = {"ce": ce}
+            total = config.ce_weight * ce
+            for ref, distiller in zip(config.distillers, distillers):
+                losses = distiller(features, targets, batch)
+                for key, value in losses.items():
+                    terms[ref.term if len(losses) == 1 else f"{ref.term}.{key}"] = value
+                total = total + ref.weight * sum(losses.values())
+            return total, terms
+
+        trainable = nn.ModuleDict({"model": student, "distillers": nn.ModuleList(distillers)}).to(self.device)
+        indices = torch.arange(len(data.train))
+        self._stage("student", trainable, step_loss, config, data, indices).train()
+        student_features.remove()
+        teacher_features.remove()
+        return student
+
+    def _stage(self, name: str, trainable: nn.ModuleDict, step_loss, config: StageConfig,
+               data: DatasetBundle, indices: Tensor) -> Stage:
+        return Stage(
+            name=name,
+            run=self.label,
+            directory=self.directory / name,
+            trainable=trainable,
+            step_loss=step_loss,
+            config=config,
+            data=data,
+            train_indices=indices,
+            device=self.device,
+            runtime=self.recipe.runtime,
+            seed=stage_seed(self.recipe.seed, f"{name}-data"),
+            progress=self.progress,
+        )
+
+    def _evaluate(self, model: nn.Module, data: DatasetBundle, config: StageConfig) -> dict[str, Any]:
+        """Test (and validation) metrics; training-set metrics only where p* is known, since
+        that is where the distance of the teacher to p* on the student's inputs matters."""
+        splits: dict[str, Split] = {"test": data.test}
+        if data.val is not None:
+            splits["val"] = data.val
+        if data.train.true_probs is not None:
+            splits["train"] = data.train
+        return {
+            name: evaluate(model, split, self.device, config.eval_batch_size, data.eval_transform,
+                           self.recipe.runtime.num_workers)
+            for name, split in splits.items()
+        }
+
+
+def _cross_entropy(logits: Tensor, labels: Tensor, labeled: Tensor | None) -> Tensor:
+    """Mean cross-entropy over the samples whose label may be used (all, when no mask)."""
+    if labeled is None:
+        return F.cross_entropy(logits, labels)
+    per_sample = F.cross_entropy(logits, labels, reduction="none")
+    return (per_sample * labeled).sum() / labeled.sum().clamp(min=1)
+
+
+def _wanted(distillers: list, attribute: str) -> list[str]:
+    return [tap for distiller in distillers for tap in getattr(distiller, attribute)]
+
+
+def _probe_inputs(data: DatasetBundle, count: int = 2) -> Tensor:
+    split = data.train
+    if split.in_memory:
+        inputs = split.inputs[:count]
+    else:
+        inputs = torch.stack([split.inputs[i][0] for i in range(count)])
+    return data.eval_transform(inputs) if data.eval_transform is not None and split.in_memory else inputs
+
+
+@torch.no_grad()
+def _probe_shapes(model: nn.Module, paths: dict[str, TapPath], inputs: Tensor) -> dict[str, Any]:
+    """Shapes of every declared tap for one sample, from a forward pass in eval mode."""
+    recorder = FeatureRecorder(model, paths, paths)
+    was_training = model.training
+    model.eval()
+    try:
+        return feature_shapes(recorder(inputs))
+    finally:
+        model.train(was_training)
+        recorder.remove()

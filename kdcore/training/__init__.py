@@ -1,0 +1,1 @@
+"""The trainer: stages, batches, evaluation, checkpoints."""

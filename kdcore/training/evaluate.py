@@ -1,0 +1,64 @@
+"""Evaluation metrics of a classifier on a split.
+
+Top-1/top-5 are in percent. Besides them, every evaluation reports the negative log-likelihood and the Brier score
+(mean ‖softmax − onehot‖²). Where the split knows p*(y|x), it also reports the distances of the
+model's probabilities q to p*: ``mse_to_true`` = mean ‖q − p*‖² (the quantity that bounds the
+student's error) and ``ce_to_true`` = mean −Σ p* log q.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdcore.nn import Split
+from kdcore.training.batches import evaluation_batches
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    device: torch.device,
+    batch_size: int,
+    transform: Callable[[Tensor], Tensor] | None = None,
+    num_workers: int = 0,
+) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    totals: dict[str, Tensor] = {}
+    count = 0
+    for inputs, labels, index in evaluation_batches(split, batch_size, device, num_workers):
+        if transform is not None:
+            inputs = transform(inputs)
+        logits = model(inputs).float()
+        true_probs = split.true_probs[index.cpu()].to(device) if split.true_probs is not None else None
+        for name, value in _batch_sums(logits, labels, true_probs).items():
+            totals[name] = totals.get(name, 0) + value
+        count += len(labels)
+    model.train(was_training)
+    percent = {"top1", "top5"}
+    return {
+        name: float(total) / count * (100 if name in percent else 1) for name, total in totals.items()
+    }
+
+
+def _batch_sums(logits: Tensor, labels: Tensor, true_probs: Tensor | None) -> dict[str, Tensor]:
+    num_classes = logits.shape[1]
+    log_probs = F.log_softmax(logits, dim=1)
+    probs = log_probs.exp()
+    top = logits.topk(min(5, num_classes), dim=1).indices
+    hits = top == labels[:, None]
+    sums = {
+        "top1": hits[:, 0].sum(),
+        "top5": hits.any(dim=1).sum(),
+        "nll": -log_probs.gather(1, labels[:, None]).sum(),
+        "brier": (probs - F.one_hot(labels, num_classes)).pow(2).sum(),
+    }
+    if true_probs is not None:
+        sums["mse_to_true"] = (probs - true_probs).pow(2).sum()
+        sums["ce_to_true"] = -(true_probs * log_probs).sum()
+    return sums
