@@ -150,3 +150,5 @@ def main() -> None:
         errors.print(f"[red]error[/]: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
                      soft_wrap=True)
         sys.exit(EXIT_INTERNAL_ERROR)
+if __name__ == "__main__":
+    main()

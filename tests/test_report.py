@@ -1,0 +1,40 @@
+"""Reports: grouping by matrix values, mean ± std over seeds, read back from run directories."""
+
+import json
+import statistics
+
+import pytest
+import yaml
+
+from kdcore.errors import KdcoreError
+from kdcore.report import aggregate, collect, write_report
+
+
+def fake_run(directory, objective, seed, teacher_top1, student_top1, mse):
+    directory.mkdir(parents=True)
+    (directory / "recipe.yaml").write_text(yaml.safe_dump({"overrides": {"teacher.objective.name": objective, "seed": seed}}))
+    summary = {"teacher": {"test": {"top1": teacher_top1}, "train": {"mse_to_true": mse, "ce_to_true": 2 * mse}},
+               "student": {"test": {"top1": student_top1}}}
+    (directory / "summary.json").write_text(json.dumps(summary))
+
+
+def test_groups_pool_seeds_with_sample_std(tmp_path):
+    values = {("ce", 0): (75.0, 70.0, 0.10), ("ce", 1): (77.0, 71.0, 0.12), ("mse", 0): (74.0, 72.0, 0.05),
+              ("mse", 1): (74.5, 73.0, 0.04), ("mse", 2): (73.5, 74.5, 0.06)}
+    for (objective, seed), numbers in values.items():
+        fake_run(tmp_path / f"objective={objective},seed={seed}", objective, seed, *numbers)
+    labels, rows = aggregate(collect([tmp_path]))
+    by_group = {row["group"]: row for row in rows}
+    assert by_group["objective=ce"]["runs"] == 2 and by_group["objective=mse"]["runs"] == 3
+    mean, std = by_group["objective=mse"]["student top-1 (%)"]
+    assert mean == pytest.approx(statistics.fmean([72.0, 73.0, 74.5]))
+    assert std == pytest.approx(statistics.stdev([72.0, 73.0, 74.5]))
+    assert by_group["objective=ce"]["teacher MSE to p* (train)"][0] == pytest.approx(0.11)
+    written = write_report(tmp_path, collect([tmp_path]))
+    assert [p.name for p in written] == ["report.md", "report.csv", "bcpd_scatter.png"]
+    assert "| objective=mse | 3 | 74.00 ± 0.50 | 73.17 ± 1.26 |" in (tmp_path / "report.md").read_text()
+
+
+def test_no_finished_runs_is_an_error(tmp_path):
+    with pytest.raises(KdcoreError, match="no finished runs"):
+        collect([tmp_path])

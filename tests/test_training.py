@@ -1,0 +1,195 @@
+"""The trainer end to end on the toy set: run directory, metrics, determinism, resume after a
+kill, non-finite losses, loading a teacher."""
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from kdcore.api import ObjectiveSpec
+from kdcore.cli import main
+from kdcore.errors import KdcoreError, NonFiniteLossError
+from kdcore.progress import ProgressSink
+from kdcore.recipe_loader import load_variants
+from kdcore.registry import PluginInfo, Registry
+from kdcore.runner import Run
+from tests.conftest import TINY_TOY
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["kdcore", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def weights(path):
+    return load_file(str(path))
+
+
+def assert_same_weights(first, second):
+    a, b = weights(first), weights(second)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_run_writes_the_run_directory(write_recipe, tmp_path, monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, "run", write_recipe(TINY_TOY), "--run-dir", tmp_path / "run")
+    assert code == 0, err
+    run = tmp_path / "run"
+    for name in ("recipe.yaml", "env.json", "summary.json", "report.md",
+                 "teacher/model.safetensors", "teacher/checkpoint.pt", "teacher/metrics.jsonl",
+                 "student/model.safetensors", "student/metrics.jsonl"):
+        assert (run / name).is_file(), name
+    env = json.loads((run / "env.json").read_text())
+    assert env["seed"] == 0 and env["torch"] == torch.__version__ and env["device"] == "cpu"
+    student_log = [json.loads(line) for line in (run / "student/metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in student_log] == [1, 2, 3]
+    assert {"train/loss", "train/ce", "train/kd", "val/top1", "val/top5", "val/mse_to_true", "lr"} <= set(student_log[0])
+    weighted = 0.5 * student_log[0]["train/ce"] + 0.5 * student_log[0]["train/kd"]
+    assert student_log[0]["train/loss"] == pytest.approx(weighted, rel=1e-5)
+    summary = json.loads((run / "summary.json").read_text())
+    for stage in ("teacher", "student"):
+        assert {"test", "val", "train"} <= set(summary[stage])
+        assert 0 <= summary[stage]["test"]["top1"] <= 100
+        assert summary[stage]["train"]["mse_to_true"] > 0 and summary[stage]["train"]["ce_to_true"] > 0
+    assert (run / "recipe.yaml").read_text().count("reduction: sum") == 1  # defaults resolved
+
+
+def test_same_seed_gives_identical_weights_and_other_seed_differs(write_recipe, tmp_path, monkeypatch, capsys):
+    path = write_recipe(TINY_TOY)
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        assert run_cli(monkeypatch, capsys, "run", path, "--run-dir", tmp_path / name, "--set", f"seed={seed}")[0] == 0
+    assert_same_weights(tmp_path / "a/student/model.safetensors", tmp_path / "b/student/model.safetensors")
+    assert not torch.equal(*[weights(tmp_path / n / "student/model.safetensors")["classifier.weight"] for n in "ac"])
+
+
+def test_resume_after_kill_reaches_the_same_weights(write_recipe, tmp_path, monkeypatch, capsys):
+    recipe = copy.deepcopy(TINY_TOY)
+    recipe["data"]["params"]["n_train"] = 4000
+    recipe["student"]["epochs"] = 8
+    path = write_recipe(recipe)
+    assert run_cli(monkeypatch, capsys, "run", path, "--run-dir", tmp_path / "whole")[0] == 0
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kdcore.cli", "run", str(path), "--run-dir", str(killed)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    log = killed / "student/metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len(log.read_text().splitlines())
+    assert 2 <= done < 8, "the run was not killed in the middle of the student stage"
+    assert not (killed / "student/model.safetensors").exists()
+
+    code, _, err = run_cli(monkeypatch, capsys, "run", path, "--run-dir", killed, "--resume")
+    assert code == 0, err
+    assert_same_weights(tmp_path / "whole/student/model.safetensors", killed / "student/model.safetensors")
+    epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+    assert epochs == list(range(1, 9))
+
+
+def test_resume_refuses_a_changed_recipe(write_recipe, tmp_path, monkeypatch, capsys):
+    path = write_recipe(TINY_TOY)
+    assert run_cli(monkeypatch, capsys, "run", path, "--run-dir", tmp_path / "r")[0] == 0
+    code, _, err = run_cli(monkeypatch, capsys, "run", path, "--run-dir", tmp_path / "r", "--resume", "--set", "seed=5")
+    assert code == 2 and "differs from the one this run started with" in err
+
+
+def test_a_run_never_overwrites_another(write_recipe, tmp_path, monkeypatch, capsys):
+    path = write_recipe(TINY_TOY)
+    assert run_cli(monkeypatch, capsys, "run", path, "--run-dir", tmp_path / "r")[0] == 0
+    before = (tmp_path / "r/student/model.safetensors").read_bytes()
+    code, _, err = run_cli(monkeypatch, capsys, "run", path, "--run-dir", tmp_path / "r")
+    assert code == 2 and "directory is not empty" in err
+    assert (tmp_path / "r/student/model.safetensors").read_bytes() == before
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert run_cli(monkeypatch, capsys, "run", path, "--set", "student.epochs=1", "--set", "teacher.epochs=1")[0] == 0
+    assert len(list((tmp_path / "runs/tiny").iterdir())) == 2
+
+
+def test_teacher_loaded_from_checkpoint_gives_the_same_student(write_recipe, tmp_path, monkeypatch, capsys):
+    path = write_recipe(TINY_TOY)
+    assert run_cli(monkeypatch, capsys, "run", path, "--run-dir", tmp_path / "trained")[0] == 0
+    recipe = copy.deepcopy(TINY_TOY)
+    del recipe["teacher"]["objective"]
+    recipe["teacher"]["checkpoint"] = str(tmp_path / "trained/teacher/model.safetensors")
+    code, _, err = run_cli(monkeypatch, capsys, "run", write_recipe(recipe, "load.yaml"), "--run-dir", tmp_path / "loaded")
+    assert code == 0, err
+    assert_same_weights(tmp_path / "trained/student/model.safetensors", tmp_path / "loaded/student/model.safetensors")
+
+
+def test_teacher_checkpoint_of_another_architecture_is_a_clear_error(write_recipe, tmp_path, monkeypatch, capsys):
+    path = write_recipe(TINY_TOY)
+    assert run_cli(monkeypatch, capsys, "run", path, "--run-dir", tmp_path / "trained")[0] == 0
+    recipe = copy.deepcopy(TINY_TOY)
+    del recipe["teacher"]["objective"]
+    recipe["teacher"]["checkpoint"] = str(tmp_path / "trained/teacher/model.safetensors")
+    recipe["teacher"]["arch"]["params"]["hidden"] = [32]
+    code, _, err = run_cli(monkeypatch, capsys, "run", write_recipe(recipe, "load.yaml"), "--run-dir", tmp_path / "bad")
+    assert code == 2
+    assert "model.safetensors: weights do not fit MLP" in err and "Traceback" not in err
+
+
+class NaNAfter(nn.Module):
+    """An objective that turns NaN after a number of steps."""
+
+    def __init__(self, params, ctx):
+        super().__init__()
+        self.steps = 0
+
+    def forward(self, logits, labels):
+        self.steps += 1
+        loss = nn.functional.cross_entropy(logits, labels)
+        return loss * float("nan") if self.steps > 10 else loss
+
+
+def test_non_finite_loss_stops_with_stage_epoch_and_term_keeping_last_good_checkpoint(registry, write_recipe, tmp_path):
+    patched = Registry(plugins=registry.plugins, components=copy.deepcopy(registry.components))
+    patched.add("objective", ObjectiveSpec(name="nan-after", summary="test", build=NaNAfter),
+                PluginInfo("test", "tests", "0"))
+    recipe = copy.deepcopy(TINY_TOY)
+    recipe["teacher"]["objective"] = {"name": "nan-after"}
+    [variant] = load_variants(write_recipe(recipe), [], patched)[1]
+    with pytest.raises(NonFiniteLossError, match=r"teacher stage, epoch 2: loss term '(loss|nan-after)' is nan"):
+        Run(variant.recipe, tmp_path / "run", patched, "", ProgressSink()).execute()
+    state = torch.load(tmp_path / "run/teacher/checkpoint.pt", weights_only=True)
+    assert state["epochs_done"] == 1
+    assert all(torch.isfinite(t).all() for t in state["trainable"].values())
+    assert not (tmp_path / "run/teacher/model.safetensors").exists()
+
+
+def test_matrix_run_writes_report_with_one_row_per_group(write_recipe, tmp_path, monkeypatch, capsys):
+    recipe = dict(copy.deepcopy(TINY_TOY), matrix={"teacher.objective.name": ["ce", "mse"], "seed": [0, 1]})
+    recipe["teacher"]["epochs"] = recipe["student"]["epochs"] = 1
+    code, out, err = run_cli(monkeypatch, capsys, "run", write_recipe(recipe), "--run-dir", tmp_path / "m")
+    assert code == 0, err
+    dirs = sorted(p.name for p in (tmp_path / "m").iterdir() if p.is_dir())
+    assert dirs == ["objective=ce,seed=0", "objective=ce,seed=1", "objective=mse,seed=0", "objective=mse,seed=1"]
+    report = (tmp_path / "m/report.md").read_text()
+    assert "| objective=ce | 2 |" in report and "| objective=mse | 2 |" in report
+    assert (tmp_path / "m/bcpd_scatter.png").read_bytes()[:4] == b"\x89PNG"
+    # Resuming a finished sweep trains nothing again.
+    stamp = (tmp_path / "m/objective=ce,seed=0/summary.json").stat().st_mtime_ns
+    code, out, _ = run_cli(monkeypatch, capsys, "run", write_recipe(recipe), "--run-dir", tmp_path / "m", "--resume")
+    assert code == 0 and "4 of 4 runs already finished" in out
+    assert (tmp_path / "m/objective=ce,seed=0/summary.json").stat().st_mtime_ns == stamp
