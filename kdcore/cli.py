@@ -66,18 +66,14 @@ def run(recipe: Path, overrides: tuple[str, ...], out: Path, run_dir: Path | Non
         for variant in variants:
             console.print(f"would run: {variant.recipe.name} {variant.id or '(single run)'}")
         return
-    from kdcore import report, sweep
+    from kdcore import sweep
 
     directory = _run_directory(out, run_dir, variants[0].recipe.name, resume)
     sweep.prepare(directory, raw, variants, resume)
     sweep.write_environment(directory, variants[0].recipe, registry)
     console.print(f"run directory: {directory}")
     sweep.execute(directory, variants, registry, variants[0].recipe.runtime.jobs, console)
-    results = report.collect([directory])
-    written = report.write_report(directory, results)
-    labels, rows = report.aggregate(results)
-    console.print(report.markdown_table(labels, rows))
-    console.print("wrote " + ", ".join(str(p) for p in written))
+    _write_report(directory, [directory])
 
 
 def _run_directory(out: Path, run_dir: Path | None, name: str, resume: bool) -> Path:
@@ -119,12 +115,25 @@ def report_command(run_dirs: tuple[Path, ...], out: Path | None) -> None:
     """Aggregate finished runs into tables (mean ± std over seeds) and plots."""
     from kdcore import report
 
-    results = report.collect(list(run_dirs))
     target = out or run_dirs[0]
     target.mkdir(parents=True, exist_ok=True)
+    _write_report(target, list(run_dirs))
+
+
+def _write_report(target: Path, run_dirs: list[Path]) -> None:
+    from rich.table import Table
+
+    from kdcore import report
+
+    results = report.collect(run_dirs)
     written = report.write_report(target, results)
     labels, rows = report.aggregate(results)
-    console.print(report.markdown_table(labels, rows))
+    table = Table(title="mean ± std over seeds")
+    for column in ("group", "runs", *labels):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["group"], str(row["runs"]), *[report.format_cell(row.get(label)) for label in labels])
+    console.print(table)
     console.print("wrote " + ", ".join(str(p) for p in written))
 
 

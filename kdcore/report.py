@@ -88,12 +88,12 @@ def markdown_table(labels: list[str], rows: list[dict[str, Any]]) -> str:
     rule = "|" + "---|" * (len(labels) + 2)
     lines = [header, rule]
     for row in rows:
-        cells = [_format(row.get(label)) for label in labels]
+        cells = [format_cell(row.get(label)) for label in labels]
         lines.append(f"| {row['group']} | {row['runs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _format(cell: tuple[float, float] | None) -> str:
+def format_cell(cell: tuple[float, float] | None) -> str:
     if cell is None:
         return "–"
     mean, std = cell

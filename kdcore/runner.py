@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdcore.api import ArchitectureContext, DatasetContext, DistillerContext, ObjectiveContext, TapPath
-from kdcore.nn import Batch, DatasetBundle, Split
+from kdcore.nn import Batch, DatasetBundle, Features, Split
 from kdcore.progress import ProgressSink
 from kdcore.recipe import ArchitectureRef, ComponentRef, Recipe, StageConfig
 from kdcore.registry import Registry
 from kdcore.taps import FeatureRecorder, feature_shapes
+from kdcore.training.batches import evaluation_batches
 from kdcore.training.checkpoint import load_weights, write_json
 from kdcore.training.evaluate import evaluate
 from kdcore.training.stage import WEIGHTS, Stage
@@ -114,11 +116,11 @@ class Run:
         distillers = [build_component(self.registry, ref, context) for ref in config.distillers]
         student_features = FeatureRecorder(student, student_paths, _wanted(distillers, "student_taps"))
         teacher_features = FeatureRecorder(teacher, teacher_paths, _wanted(distillers, "teacher_taps"))
+        teacher_targets = _teacher_targets(teacher_features, data, self.device, config.eval_batch_size)
 
         def step_loss(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
             features = student_features(batch.inputs)
-            with torch.no_grad():
-                targets = teacher_features(batch.inputs)
+            targets = teacher_targets(batch)
             ce = _cross_entropy(features["logits"], batch.labels, batch.labeled)
             terms = {"ce": ce}
             total = config.ce_weight * ce
@@ -174,6 +176,34 @@ def _cross_entropy(logits: Tensor, labels: Tensor, labeled: Tensor | None) -> Te
         return F.cross_entropy(logits, labels)
     per_sample = F.cross_entropy(logits, labels, reduction="none")
     return (per_sample * labeled).sum() / labeled.sum().clamp(min=1)
+
+
+def _teacher_targets(
+    recorder: FeatureRecorder, data: DatasetBundle, device: torch.device, batch_size: int
+) -> Callable[[Batch], Features]:
+    """The frozen teacher's features for a batch.
+
+    Without augmentation the teacher sees the same input for a sample in every epoch, so its
+    features are computed once for the whole training split and looked up by sample index.
+    """
+
+    @torch.no_grad()
+    def compute(batch: Batch) -> Features:
+        return recorder(batch.inputs)
+
+    if not data.train.in_memory or data.train_transform is not None:
+        return compute
+    with torch.no_grad():
+        chunks = [recorder(inputs) for inputs, _, _ in evaluation_batches(data.train, batch_size, device, 0)]
+    cache = {
+        tap: [torch.cat(parts) for parts in zip(*(c[tap] for c in chunks))]
+        if isinstance(chunks[0][tap], list) else torch.cat([c[tap] for c in chunks])
+        for tap in chunks[0]
+    }
+    return lambda batch: {
+        tap: [part[batch.index] for part in value] if isinstance(value, list) else value[batch.index]
+        for tap, value in cache.items()
+    }
 
 
 def _wanted(distillers: list, attribute: str) -> list[str]:

@@ -193,3 +193,21 @@ def test_matrix_run_writes_report_with_one_row_per_group(write_recipe, tmp_path,
     code, out, _ = run_cli(monkeypatch, capsys, "run", write_recipe(recipe), "--run-dir", tmp_path / "m", "--resume")
     assert code == 0 and "4 of 4 runs already finished" in out
     assert (tmp_path / "m/objective=ce,seed=0/summary.json").stat().st_mtime_ns == stamp
+
+
+def test_cached_teacher_features_equal_computed_ones():
+    from kdcore.nn import Batch, DatasetBundle, Split
+    from kdcore.runner import _teacher_targets
+    from kdcore.taps import FeatureRecorder
+    from kdcore_toy.mlp import MLP
+
+    teacher = MLP(4, [6, 5], 3).eval()
+    recorder = FeatureRecorder(teacher, {"stages": ("layers.1", "layers.3")}, ["stages"])
+    split = Split(inputs=torch.randn(10, 4), labels=torch.zeros(10, dtype=torch.long))
+    batch = Batch(inputs=split.inputs[[7, 2, 5]], labels=torch.zeros(3), index=torch.tensor([7, 2, 5]), epoch=0, epochs=1)
+    cached = _teacher_targets(recorder, DatasetBundle(3, (4,), split, split), torch.device("cpu"), batch_size=4)(batch)
+    augmented = DatasetBundle(3, (4,), split, split, train_transform=lambda x, g: x)
+    computed = _teacher_targets(recorder, augmented, torch.device("cpu"), batch_size=4)(batch)
+    assert torch.allclose(cached["logits"], computed["logits"], atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(cached["stages"], computed["stages"]))
+    assert not computed["logits"].requires_grad
