@@ -32,13 +32,53 @@ class Variant:
 
 @dataclass(frozen=True)
 class RecipeSource:
+    """A recipe file's data, after ``extends``, and the file and line of every key."""
+
     path: Path
     data: dict[str, Any]
-    lines: dict[Location, int]
+    lines: dict[Location, tuple[Path, int]]
 
 
-def read_recipe(path: Path) -> RecipeSource:
-    """Parse the YAML safely, remembering the line of every key."""
+def read_recipe(path: Path, extending: tuple[Path, ...] = ()) -> RecipeSource:
+    """Parse the YAML safely, remembering where every key is written.
+
+    ``extends: base.yaml`` (a path relative to the file, or a list of them, applied in order)
+    starts from the base recipe and merges this file over it: mappings merge key by key, any
+    other value replaces the base's. Shared settings are thereby written once.
+    """
+    data, lines = _parse(path)
+    parents = data.pop("extends", None)
+    if parents is None:
+        return RecipeSource(path, data, lines)
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise KdcoreError(f"{path}:{lines[('extends',)][1]}: extends must be a file path or a list of them")
+    merged: dict[str, Any] = {}
+    merged_lines: dict[Location, tuple[Path, int]] = {}
+    for parent in parents:
+        parent_path = (path.parent / parent).resolve()
+        if parent_path in extending or parent_path == path.resolve():
+            raise KdcoreError(f"{path}: extends {parent} makes a cycle")
+        if not parent_path.is_file():
+            raise KdcoreError(f"{path}:{lines[('extends',)][1]}: extends: no such file {parent_path}")
+        base = read_recipe(parent_path, extending + (path.resolve(),))
+        merged = deep_merge(merged, base.data)
+        merged_lines.update(base.lines)
+    return RecipeSource(path, deep_merge(merged, data), {**merged_lines, **lines})
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _parse(path: Path) -> tuple[dict[str, Any], dict[Location, tuple[Path, int]]]:
     try:
         text = path.read_text()
     except OSError as error:
@@ -58,7 +98,7 @@ def read_recipe(path: Path) -> RecipeSource:
         raise KdcoreError(f"{path}: a recipe must be a mapping of keys to values")
     lines: dict[Location, int] = {}
     _index_lines(node, (), lines)
-    return RecipeSource(path, data, lines)
+    return data, {location: (path, line) for location, line in lines.items()}
 
 
 def _index_lines(node: yaml.Node, location: Location, lines: dict[Location, int]) -> None:
@@ -187,8 +227,8 @@ def validate_recipe(data: dict[str, Any], source: RecipeSource, registry: Regist
 def _describe(error: dict, data: dict, source: RecipeSource, registry: Registry | None) -> str:
     location = tuple(error["loc"])
     field = ".".join(str(part) for part in location) or "(top level)"
-    line = _nearest_line(location, source.lines)
-    where = f"{source.path}:{line}" if line else str(source.path)
+    found = _nearest_line(location, source.lines)
+    where = f"{found[0]}:{found[1]}" if found else str(source.path)
     if error["type"] == "extra_forbidden":
         message = _unknown_key_message(location, data, registry)
     elif error["type"] == "missing":
@@ -198,7 +238,7 @@ def _describe(error: dict, data: dict, source: RecipeSource, registry: Registry 
     return f"{where}: {field}: {message}"
 
 
-def _nearest_line(location: Location, lines: dict[Location, int]) -> int | None:
+def _nearest_line(location: Location, lines: dict[Location, tuple[Path, int]]) -> tuple[Path, int] | None:
     for end in range(len(location), -1, -1):
         if location[:end] in lines:
             return lines[location[:end]]

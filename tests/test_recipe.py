@@ -135,3 +135,25 @@ def test_repeated_distiller_needs_a_label(write_recipe, registry):
 def test_envelope_validates_without_plugins(write_recipe):
     _, [variant] = load_variants(write_recipe(RECIPE.replace("name: mse", "name: anything")), [], None)
     assert variant.recipe.teacher.objective.params == {}
+
+
+def test_extends_merges_a_base_and_reports_lines_in_the_right_file(write_recipe, registry, tmp_path):
+    base = write_recipe("optimizer: {lr: 0.1, momentum: 0.8}\nteacher:\n  arch: {name: mlp}\n  epochs: 2\n  batch_size: 8\n", "base.yaml")
+    child = write_recipe(
+        "extends: base.yaml\nname: child\ndata: {name: gaussian}\noptimizer: {lr: 0.2}\nteacher:\n  objective: {name: ce}\n",
+        "child.yaml",
+    )
+    _, [variant] = load_variants(child, [], registry)
+    assert variant.recipe.teacher.optimizer.lr == 0.2 and variant.recipe.teacher.optimizer.momentum == 0.8
+    assert variant.recipe.teacher.epochs == 2 and variant.recipe.name == "child"
+    broken = write_recipe("extends: base.yaml\ndata: {name: gaussian}\nteacher: {objective: {name: ce}, epochs: zero}\n", "bad.yaml")
+    assert f"{broken}:3: teacher.epochs: Input should be a valid integer" in error_of(broken, registry)
+    base.write_text(base.read_text() + "  drop_lats: true\n")
+    assert f"{base}:6: teacher.drop_lats: unknown key; did you mean 'drop_last'?" in error_of(child, registry)
+
+
+def test_extends_cycle_and_missing_base_are_errors(write_recipe, registry):
+    write_recipe("extends: b.yaml\n", "a.yaml")
+    b = write_recipe("extends: a.yaml\n", "b.yaml")
+    assert "makes a cycle" in error_of(b, registry)
+    assert "extends: no such file" in error_of(write_recipe("extends: nowhere.yaml\n", "c.yaml"), registry)
