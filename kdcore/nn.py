@@ -76,6 +76,8 @@ class Batch:
         index: position of each sample in the training split (memory banks, CRD).
         epoch: the current epoch, counted from 0; ``epochs`` is the stage's total (warm-ups).
         labeled: boolean mask of samples whose label may be used, or ``None`` for all.
+        primary: after :meth:`Distiller.expand_batch`, the rows of ``inputs`` that hold the
+            original samples, in the order of ``labels``; ``None`` when the rows are the samples.
     """
 
     inputs: Tensor
@@ -84,6 +86,28 @@ class Batch:
     epoch: int
     epochs: int
     labeled: Tensor | None = None
+    primary: Tensor | None = None
+
+
+@dataclass
+class Preparation:
+    """A training stage a distiller needs before distillation (e.g. HSAKD's auxiliary heads on
+    the frozen teacher). The kernel runs it like any stage, with checkpoints and resume, in the
+    run's ``prepare-<term>/`` directory.
+
+    Attributes:
+        trainable: what this stage optimises (saved as the stage's ``model.safetensors``).
+        step_loss: maps a training batch to (total loss, named terms to log).
+        optimizer, schedule: as in a recipe, e.g. ``{"lr": 0.05, "weight_decay": 5e-4}`` and
+            ``{"name": "multistep", "milestones": [30, 60, 90]}``.
+    """
+
+    trainable: nn.Module
+    step_loss: Callable[[Batch], tuple[Tensor, dict[str, Tensor]]]
+    epochs: int
+    batch_size: int
+    optimizer: dict
+    schedule: dict
 
 
 class Distiller(nn.Module):
@@ -94,6 +118,13 @@ class Distiller(nn.Module):
     or ``"pooled"``) and returns a dict of named loss terms from :meth:`forward`. The kernel
     multiplies their sum by the recipe's weight and logs each term. Parameters a distiller owns
     (regressors, embeddings) are trained with the student. Teacher features arrive detached.
+
+    Two optional extension points serve methods that need more than features:
+
+    - :meth:`expand_batch` replaces the inputs both networks see (HSAKD's rotated copies); the
+      student's cross-entropy then uses the ``primary`` rows only. One distiller per recipe may.
+    - :meth:`preparation` returns a stage to run before distillation, with the teacher frozen
+      (HSAKD trains its auxiliary heads on the teacher there).
     """
 
     student_taps: tuple[str, ...] = ("logits",)
@@ -101,3 +132,15 @@ class Distiller(nn.Module):
 
     def forward(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def expand_batch(self, batch: Batch) -> Batch:
+        """The batch both networks see; by default the batch itself."""
+        return batch
+
+    def preparation(self) -> Preparation | None:
+        """A stage to train before distillation, or ``None``."""
+        return None
+
+    @property
+    def expands_batch(self) -> bool:
+        return type(self).expand_batch is not Distiller.expand_batch

@@ -8,12 +8,23 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import Tensor, nn
 
 from kdcore.api import ArchitectureContext, DatasetContext, DistillerContext, ObjectiveContext, TapPath
-from kdcore.nn import Batch, DatasetBundle, Features, Split
+from kdcore.errors import KdcoreError
+from kdcore.nn import Batch, DatasetBundle, Distiller, Features, Split
 from kdcore.progress import ProgressSink
-from kdcore.recipe import ArchitectureRef, ComponentRef, Recipe, StageConfig
+from kdcore.recipe import (
+    ArchitectureRef,
+    ComponentRef,
+    DistillerRef,
+    OptimizerConfig,
+    Recipe,
+    ScheduleConfig,
+    StageConfig,
+    StudentStage,
+)
 from kdcore.registry import Registry
 from kdcore.taps import FeatureRecorder, feature_shapes
 from kdcore.training.batches import evaluation_batches
@@ -92,7 +103,7 @@ class Run:
 
         labeled = data.train.labeled
         indices = labeled.nonzero().flatten() if labeled is not None else torch.arange(len(data.train))
-        self._stage("teacher", nn.ModuleDict({"model": model}), step_loss, config, data, indices).train()
+        self._stage("teacher", nn.ModuleDict({"model": model}), step_loss, config, data, indices, model).train()
         return model
 
     def _student(self, data: DatasetBundle, teacher: nn.Module) -> nn.Module:
@@ -113,15 +124,22 @@ class Run:
             train_labels=data.train.labels,
             epochs=config.epochs,
         )
-        distillers = [build_component(self.registry, ref, context) for ref in config.distillers]
+        distillers = [build_component(self.registry, ref, context).to(self.device) for ref in config.distillers]
+        expander = _batch_expander(config.distillers, distillers)
+        self._prepare(config, distillers, data)
         student_features = FeatureRecorder(student, student_paths, _wanted(distillers, "student_taps"))
         teacher_features = FeatureRecorder(teacher, teacher_paths, _wanted(distillers, "teacher_taps"))
-        teacher_targets = _teacher_targets(teacher_features, data, self.device, config.eval_batch_size)
+        teacher_targets = _teacher_targets(
+            teacher_features, data, self.device, config.eval_batch_size, cacheable=expander is None
+        )
 
         def step_loss(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+            if expander is not None:
+                batch = expander.expand_batch(batch)
             features = student_features(batch.inputs)
             targets = teacher_targets(batch)
-            ce = _cross_entropy(features["logits"], batch.labels, batch.labeled)
+            logits = features["logits"] if batch.primary is None else features["logits"][batch.primary]
+            ce = _cross_entropy(logits, batch.labels, batch.labeled)
             terms = {"ce": ce}
             total = config.ce_weight * ce
             for ref, distiller in zip(config.distillers, distillers):
@@ -133,13 +151,38 @@ class Run:
 
         trainable = nn.ModuleDict({"model": student, "distillers": nn.ModuleList(distillers)}).to(self.device)
         indices = torch.arange(len(data.train))
-        self._stage("student", trainable, step_loss, config, data, indices).train()
+        self._stage("student", trainable, step_loss, config, data, indices, student).train()
         student_features.remove()
         teacher_features.remove()
         return student
 
+    def _prepare(self, config: StudentStage, distillers: list[Distiller], data: DatasetBundle) -> None:
+        """Run the preparation stage of every distiller that declares one (teacher frozen).
+        What a preparation trained is frozen afterwards; keeping it in eval mode during the
+        student stage (batch-norm statistics) is the distiller's business."""
+        for ref, distiller in zip(config.distillers, distillers):
+            preparation = distiller.preparation()
+            if preparation is None:
+                continue
+            try:
+                stage_config = StageConfig(
+                    arch=config.arch,
+                    epochs=preparation.epochs,
+                    batch_size=preparation.batch_size,
+                    eval_batch_size=config.eval_batch_size,
+                    optimizer=OptimizerConfig.model_validate(preparation.optimizer),
+                    schedule=ScheduleConfig.model_validate(preparation.schedule),
+                )
+            except ValidationError as error:
+                raise KdcoreError(f"distiller '{ref.term}' declares an invalid preparation: {error}") from None
+            trainable = nn.ModuleDict({"model": preparation.trainable})
+            indices = torch.arange(len(data.train))
+            self._stage(f"prepare-{ref.term}", trainable, preparation.step_loss, stage_config, data, indices,
+                        None).train()
+            preparation.trainable.requires_grad_(False)
+
     def _stage(self, name: str, trainable: nn.ModuleDict, step_loss, config: StageConfig,
-               data: DatasetBundle, indices: Tensor) -> Stage:
+               data: DatasetBundle, indices: Tensor, evaluated: nn.Module | None) -> Stage:
         return Stage(
             name=name,
             run=self.label,
@@ -151,8 +194,9 @@ class Run:
             train_indices=indices,
             device=self.device,
             runtime=self.recipe.runtime,
-            seed=stage_seed(self.recipe.seed, f"{name}-data"),
+            seed=stage_seed(self.recipe.seed, "student-data" if name.startswith("prepare-") else f"{name}-data"),
             progress=self.progress,
+            evaluated=evaluated,
         )
 
     def _evaluate(self, model: nn.Module, data: DatasetBundle, config: StageConfig) -> dict[str, Any]:
@@ -178,8 +222,16 @@ def _cross_entropy(logits: Tensor, labels: Tensor, labeled: Tensor | None) -> Te
     return (per_sample * labeled).sum() / labeled.sum().clamp(min=1)
 
 
+def _batch_expander(refs: list[DistillerRef], distillers: list[Distiller]) -> Distiller | None:
+    expanding = [(ref, d) for ref, d in zip(refs, distillers) if d.expands_batch]
+    if len(expanding) > 1:
+        names = " and ".join(f"'{ref.term}'" for ref, _ in expanding)
+        raise KdcoreError(f"distillers {names} both replace the training batch; use one of them per recipe")
+    return expanding[0][1] if expanding else None
+
+
 def _teacher_targets(
-    recorder: FeatureRecorder, data: DatasetBundle, device: torch.device, batch_size: int
+    recorder: FeatureRecorder, data: DatasetBundle, device: torch.device, batch_size: int, cacheable: bool
 ) -> Callable[[Batch], Features]:
     """The frozen teacher's features for a batch.
 
@@ -191,7 +243,7 @@ def _teacher_targets(
     def compute(batch: Batch) -> Features:
         return recorder(batch.inputs)
 
-    if not data.train.in_memory or data.train_transform is not None:
+    if not (cacheable and data.train.in_memory and data.train_transform is None):
         return compute
     with torch.no_grad():
         chunks = [recorder(inputs) for inputs, _, _ in evaluation_batches(data.train, batch_size, device, 0)]

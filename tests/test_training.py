@@ -205,9 +205,9 @@ def test_cached_teacher_features_equal_computed_ones():
     recorder = FeatureRecorder(teacher, {"stages": ("layers.1", "layers.3")}, ["stages"])
     split = Split(inputs=torch.randn(10, 4), labels=torch.zeros(10, dtype=torch.long))
     batch = Batch(inputs=split.inputs[[7, 2, 5]], labels=torch.zeros(3), index=torch.tensor([7, 2, 5]), epoch=0, epochs=1)
-    cached = _teacher_targets(recorder, DatasetBundle(3, (4,), split, split), torch.device("cpu"), batch_size=4)(batch)
+    cached = _teacher_targets(recorder, DatasetBundle(3, (4,), split, split), torch.device("cpu"), 4, cacheable=True)(batch)
     augmented = DatasetBundle(3, (4,), split, split, train_transform=lambda x, g: x)
-    computed = _teacher_targets(recorder, augmented, torch.device("cpu"), batch_size=4)(batch)
+    computed = _teacher_targets(recorder, augmented, torch.device("cpu"), 4, cacheable=True)(batch)
     assert torch.allclose(cached["logits"], computed["logits"], atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(cached["stages"], computed["stages"]))
     assert not computed["logits"].requires_grad

@@ -36,6 +36,7 @@ class Stage:
 
     ``trainable`` holds everything the optimiser updates (``trainable["model"]`` is the network
     whose weights the stage produces; other entries are, e.g., distillers' own parameters).
+    ``evaluated`` is the classifier whose held-out metrics are logged each epoch (``None``: none).
     """
 
     name: str
@@ -50,6 +51,7 @@ class Stage:
     runtime: RuntimeConfig
     seed: int
     progress: ProgressSink
+    evaluated: nn.Module | None
 
     @property
     def model(self) -> nn.Module:
@@ -113,14 +115,16 @@ class Stage:
                     f"{self.directory}; lower the learning rate or the term's weight"
                 )
         record = {"epoch": epoch + 1, "lr": lr, **{f"train/{t}": v for t, v in means.items()}}
-        held_out, split = self._held_out()
-        metrics = evaluate(
-            self.model, split, self.device, self.config.eval_batch_size, self.data.eval_transform,
-            self.runtime.num_workers,
-        )
-        record.update({f"{held_out}/{name}": value for name, value in metrics.items()})
+        status = f"loss {means['loss']:.4f}"
+        if self.evaluated is not None:
+            held_out, split = self._held_out()
+            metrics = evaluate(
+                self.evaluated, split, self.device, self.config.eval_batch_size,
+                self.data.eval_transform, self.runtime.num_workers,
+            )
+            record.update({f"{held_out}/{name}": value for name, value in metrics.items()})
+            status += f"  {held_out} top1 {metrics['top1']:.2f}"
         record["seconds"] = round(time.perf_counter() - started, 3)
-        status = f"loss {means['loss']:.4f}  {held_out} top1 {metrics['top1']:.2f}"
         self.progress.advance(self.run, self.name, step - reported, status)
         return record
 
