@@ -77,7 +77,7 @@ class ImageNetParams(Params):
     root: str | None = Field(
         default=None,
         description="folder holding train/<wnid>/*.JPEG and val/<wnid>/*.JPEG; "
-        "default $KDCORE_DATA, else ./data",
+        "default $KDCORE_DATA/imagenet, else ./data/imagenet",
     )
     crop_size: int = Field(default=224, ge=1, description="RandomResizedCrop / CenterCrop size")
     resize_size: int = Field(default=256, ge=1, description="evaluation Resize before CenterCrop")

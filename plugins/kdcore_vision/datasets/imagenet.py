@@ -59,10 +59,10 @@ def list_images(folder: Path, wnids: list[str]) -> tuple[list[Path], Tensor]:
 
 
 def build_imagenet(params: ImageNetParams, ctx: DatasetContext) -> DatasetBundle:
-    root = data_root(params.root)
+    root = Path(params.root) if params.root else data_root(None) / "imagenet"
     train_dir, val_dir = root / "train", root / "val"
     expected = (f"expected {train_dir}/<wnid>/*.JPEG and {val_dir}/<wnid>/*.JPEG (validation "
-                "images sorted into class folders); set the dataset's root param or KDCORE_DATA")
+                "images sorted into class folders); set the dataset's root param, or put them under $KDCORE_DATA/imagenet/")
     wnids = sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else []
     if not wnids or not val_dir.is_dir():
         raise KdcoreError(f"ImageNet not found: {expected}")
