@@ -154,7 +154,8 @@ class DistillerContext:
             for one sample, probed with a real batch before training.
         num_classes: number of classes.
         train_size: number of training samples (sample indices run from 0 to this - 1).
-        train_labels: labels of the training set, a tensor indexed by sample index.
+        train_labels: labels of the training set, a tensor indexed by sample index; ``-1`` where
+            the label may not be used (the unlabelled samples of semi-supervised data).
         epochs: number of epochs of the student stage (for warm-ups).
     """
 

@@ -121,7 +121,7 @@ class Run:
             teacher_shapes=_probe_shapes(teacher, teacher_paths, probe),
             num_classes=data.num_classes,
             train_size=len(data.train),
-            train_labels=data.train.labels,
+            train_labels=_usable_labels(data.train),
             epochs=config.epochs,
         )
         distillers = [build_component(self.registry, ref, context).to(self.device) for ref in config.distillers]
@@ -212,6 +212,13 @@ class Run:
                            self.recipe.runtime.num_workers)
             for name, split in splits.items()
         }
+
+
+def _usable_labels(split: Split) -> Tensor:
+    """The training labels, with ``-1`` where a label may not be used (semi-supervised)."""
+    if split.labeled is None:
+        return split.labels
+    return torch.where(split.labeled, split.labels, torch.full_like(split.labels, -1))
 
 
 def _cross_entropy(logits: Tensor, labels: Tensor, labeled: Tensor | None) -> Tensor:

@@ -66,3 +66,12 @@ def test_cross_entropy_uses_only_labeled_samples():
     expected = torch.nn.functional.cross_entropy(logits[mask], labels[mask])
     assert _cross_entropy(logits, labels, mask).item() == pytest.approx(expected.item(), rel=1e-6)
     assert _cross_entropy(logits, labels, torch.zeros(5, dtype=torch.bool)).item() == 0.0
+
+
+def test_distillers_never_see_the_labels_of_unlabeled_samples():
+    from kdcore.runner import _usable_labels
+
+    split = Split(inputs=torch.zeros(4, 1), labels=torch.tensor([3, 1, 2, 0]),
+                  labeled=torch.tensor([True, False, True, False]))
+    assert _usable_labels(split).tolist() == [3, -1, 2, -1]
+    assert _usable_labels(Split(inputs=torch.zeros(2, 1), labels=torch.tensor([1, 0]))).tolist() == [1, 0]
