@@ -157,6 +157,8 @@ class DistillerContext:
         train_labels: labels of the training set, a tensor indexed by sample index; ``-1`` where
             the label may not be used (the unlabelled samples of semi-supervised data).
         epochs: number of epochs of the student stage (for warm-ups).
+        teacher_features: ``teacher_features(inputs)`` runs the frozen teacher without gradient
+            and returns its logits and every tap it declares (for preparation stages).
     """
 
     student: Any
@@ -167,6 +169,7 @@ class DistillerContext:
     train_size: int
     train_labels: Any
     epochs: int
+    teacher_features: Callable[[Any], Mapping[str, Any]] | None = None
 
 
 COMPONENT_KINDS: dict[str, type[ComponentSpec]] = {

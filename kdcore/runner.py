@@ -123,6 +123,7 @@ class Run:
             train_size=len(data.train),
             train_labels=_usable_labels(data.train),
             epochs=config.epochs,
+            teacher_features=_all_features(teacher, teacher_paths),
         )
         distillers = [build_component(self.registry, ref, context).to(self.device) for ref in config.distillers]
         expander = _batch_expander(config.distillers, distillers)
@@ -263,6 +264,21 @@ def _teacher_targets(
         tap: [part[batch.index] for part in value] if isinstance(value, list) else value[batch.index]
         for tap, value in cache.items()
     }
+
+
+def _all_features(model: nn.Module, paths: dict[str, TapPath]) -> Callable[[Tensor], Features]:
+    """Runs the model without gradient, recording every declared tap; hooks are attached on
+    first use only."""
+    recorder: FeatureRecorder | None = None
+
+    @torch.no_grad()
+    def features(inputs: Tensor) -> Features:
+        nonlocal recorder
+        if recorder is None:
+            recorder = FeatureRecorder(model, paths, paths)
+        return recorder(inputs)
+
+    return features
 
 
 def _wanted(distillers: list, attribute: str) -> list[str]:

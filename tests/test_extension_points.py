@@ -25,14 +25,14 @@ class ProbeHead(Distiller):
 
     def __init__(self, params, ctx):
         super().__init__()
-        self.teacher = ctx.teacher
+        self.teacher_features = ctx.teacher_features
         self.probe = nn.Linear(ctx.teacher_shapes["pooled"][0], ctx.num_classes)
         self.seen_rows: list[tuple[int, int]] = []
 
     def preparation(self):
         def step_loss(batch):
-            with torch.no_grad():
-                pooled = self.teacher.layers(batch.inputs)
+            pooled = self.teacher_features(batch.inputs)["pooled"]
+            assert not pooled.requires_grad
             loss = nn.functional.cross_entropy(self.probe(pooled), batch.labels)
             return loss, {"probe_ce": loss}
 
