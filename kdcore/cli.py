@@ -54,8 +54,11 @@ def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Use exactly this run directory (new, or with --resume an existing one).")
 @click.option("--resume", is_flag=True, help="Continue the latest run of this recipe (or --run-dir).")
+@click.option("--teachers", type=click.Path(file_okay=False, path_type=Path),
+              help="Store of shared trained teachers (default: OUT/teachers, or beside --run-dir).")
 @click.option("--dry-run", is_flag=True, help="Validate and list the runs without training.")
-def run(recipe: Path, overrides: tuple[str, ...], out: Path, run_dir: Path | None, resume: bool, dry_run: bool) -> None:
+def run(recipe: Path, overrides: tuple[str, ...], out: Path, run_dir: Path | None, resume: bool,
+        teachers: Path | None, dry_run: bool) -> None:
     """Train the teacher and distil the student(s) of RECIPE."""
     from kdcore.recipe_loader import load_variants
     from kdcore.registry import load_registry
@@ -72,7 +75,8 @@ def run(recipe: Path, overrides: tuple[str, ...], out: Path, run_dir: Path | Non
     sweep.prepare(directory, raw, variants, resume)
     sweep.write_environment(directory, variants[0].recipe, registry)
     console.print(f"run directory: {directory}")
-    sweep.execute(directory, variants, registry, variants[0].recipe.runtime.jobs, console)
+    store = teachers or (run_dir.parent if run_dir is not None else out) / "teachers"
+    sweep.execute(directory, variants, registry, variants[0].recipe.runtime.jobs, console, store)
     _write_report(directory, [directory])
 
 

@@ -114,7 +114,8 @@ def _index_lines(node: yaml.Node, location: Location, lines: dict[Location, int]
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply ``a.b.0.c=value``; the value is read as YAML (``0.1``, ``[1, 2]``, ``mse``)."""
+    """Apply ``a.b.0.c=value``; the value is read as YAML (``0.1``, ``[1, 2]``, ``mse``).
+    ``matrix.<field path>=[...]`` sets one axis of the matrix (its key is itself a dotted path)."""
     key, separator, raw_value = assignment.partition("=")
     if not separator or not key:
         raise KdcoreError(f"--set {assignment!r}: expected key=value, e.g. --set teacher.epochs=10")
@@ -122,6 +123,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         value = yaml.safe_load(raw_value)
     except yaml.YAMLError:
         raise KdcoreError(f"--set {assignment!r}: the value is not valid YAML") from None
+    if key.startswith("matrix.") and isinstance(data.get("matrix", {}), dict):
+        data.setdefault("matrix", {})[key.removeprefix("matrix.")] = value
+        return
     set_path(data, key, value, what=f"--set {key}")
 
 

@@ -27,6 +27,7 @@ from kdcore.recipe import (
 )
 from kdcore.registry import Registry
 from kdcore.taps import FeatureRecorder, feature_shapes
+from kdcore.teacher_store import exclusive, link_teacher, teacher_key
 from kdcore.training.batches import evaluation_batches
 from kdcore.training.checkpoint import load_weights, write_json
 from kdcore.training.evaluate import evaluate
@@ -65,9 +66,11 @@ class Run:
     """Trains and evaluates one variant of a recipe in ``directory``, resuming what a previous
     attempt left there."""
 
-    def __init__(self, recipe: Recipe, directory: Path, registry: Registry, label: str, progress: ProgressSink):
+    def __init__(self, recipe: Recipe, directory: Path, registry: Registry, label: str, progress: ProgressSink,
+                 teacher_store: Path | None = None):
         self.recipe = recipe
         self.directory = directory
+        self.teacher_store = teacher_store
         self.registry = registry
         self.label = label
         self.progress = progress
@@ -85,15 +88,29 @@ class Run:
         return summary
 
     def _teacher(self, data: DatasetBundle) -> nn.Module:
+        """Load the teacher, or train it: in the shared store when there is one (waiting for
+        another process that trains the same teacher), else in the run's ``teacher/``."""
         config = self.recipe.teacher
         torch.manual_seed(stage_seed(self.recipe.seed, "teacher-init"))
         model, _ = build_network(self.registry, config.arch, data)
         model.to(self.device)
-        stage_directory = self.directory / "teacher"
-        finished = stage_directory / WEIGHTS
-        if config.checkpoint is not None or finished.exists():
-            load_weights(model, config.checkpoint or finished)
+        if config.checkpoint is not None:
+            load_weights(model, config.checkpoint)
             return model
+        if self.teacher_store is None:
+            self._train_teacher(model, data, self.directory / "teacher")
+            return model
+        stored = self.teacher_store / teacher_key(self.recipe)
+        with exclusive(stored):
+            self._train_teacher(model, data, stored)
+        link_teacher(self.directory, stored)
+        return model
+
+    def _train_teacher(self, model: nn.Module, data: DatasetBundle, directory: Path) -> None:
+        if (directory / WEIGHTS).exists():
+            load_weights(model, directory / WEIGHTS)
+            return
+        config = self.recipe.teacher
         objective = build_component(self.registry, config.objective, ObjectiveContext(data.num_classes))
         term = config.objective.name
 
@@ -103,8 +120,8 @@ class Run:
 
         labeled = data.train.labeled
         indices = labeled.nonzero().flatten() if labeled is not None else torch.arange(len(data.train))
-        self._stage("teacher", nn.ModuleDict({"model": model}), step_loss, config, data, indices, model).train()
-        return model
+        self._stage("teacher", nn.ModuleDict({"model": model}), step_loss, config, data, indices, model,
+                    directory).train()
 
     def _student(self, data: DatasetBundle, teacher: nn.Module) -> nn.Module:
         config = self.recipe.student
@@ -183,11 +200,12 @@ class Run:
             preparation.trainable.requires_grad_(False)
 
     def _stage(self, name: str, trainable: nn.ModuleDict, step_loss, config: StageConfig,
-               data: DatasetBundle, indices: Tensor, evaluated: nn.Module | None) -> Stage:
+               data: DatasetBundle, indices: Tensor, evaluated: nn.Module | None,
+               directory: Path | None = None) -> Stage:
         return Stage(
             name=name,
             run=self.label,
-            directory=self.directory / name,
+            directory=directory or self.directory / name,
             trainable=trainable,
             step_loss=step_loss,
             config=config,

@@ -114,7 +114,8 @@ def _git_revision() -> str | None:
 
 
 def execute(
-    run_directory: Path, variants: list[Variant], registry: Registry, jobs: int, console: Console
+    run_directory: Path, variants: list[Variant], registry: Registry, jobs: int, console: Console,
+    teacher_store: Path | None = None,
 ) -> list[str]:
     """Train every variant that has no summary yet. Returns the ids of the variants trained."""
     pending = [v for v in variants if not (variant_directory(run_directory, v) / SUMMARY).exists()]
@@ -127,20 +128,23 @@ def execute(
         if jobs == 1 or len(pending) <= 1:
             for variant in pending:
                 _set_threads(variant.recipe, 1)
-                Run(variant.recipe, variant_directory(run_directory, variant), registry, variant.id, progress).execute()
+                Run(variant.recipe, variant_directory(run_directory, variant), registry, variant.id, progress,
+                    teacher_store).execute()
                 progress.run_finished()
         else:
-            _execute_in_workers(run_directory, pending, jobs, progress)
+            _execute_in_workers(run_directory, pending, jobs, progress, teacher_store)
     return [v.id for v in pending]
 
 
-def _execute_in_workers(run_directory: Path, pending: list[Variant], jobs: int, progress: RichProgress) -> None:
+def _execute_in_workers(
+    run_directory: Path, pending: list[Variant], jobs: int, progress: RichProgress, teacher_store: Path | None
+) -> None:
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=context) as pool:
         events = manager.Queue()
         futures = {
             pool.submit(
-                _worker, resolved(v.recipe), str(variant_directory(run_directory, v)), v.id, events, jobs
+                _worker, resolved(v.recipe), variant_directory(run_directory, v), v.id, events, jobs, teacher_store
             ): v.id
             for v in pending
         }
@@ -154,11 +158,13 @@ def _execute_in_workers(run_directory: Path, pending: list[Variant], jobs: int, 
                 progress.run_finished()
 
 
-def _worker(recipe_data: dict[str, Any], directory: str, label: str, events: Any, jobs: int) -> None:
+def _worker(
+    recipe_data: dict[str, Any], directory: Path, label: str, events: Any, jobs: int, teacher_store: Path | None
+) -> None:
     registry = load_registry()
     recipe = Recipe.model_validate(recipe_data, context={"registry": registry})
     _set_threads(recipe, jobs)
-    Run(recipe, Path(directory), registry, label, QueueProgress(events)).execute()
+    Run(recipe, directory, registry, label, QueueProgress(events), teacher_store).execute()
 
 
 def _set_threads(recipe: Recipe, jobs: int) -> None:

@@ -157,3 +157,9 @@ def test_extends_cycle_and_missing_base_are_errors(write_recipe, registry):
     b = write_recipe("extends: a.yaml\n", "b.yaml")
     assert "makes a cycle" in error_of(b, registry)
     assert "extends: no such file" in error_of(write_recipe("extends: nowhere.yaml\n", "c.yaml"), registry)
+
+
+def test_set_replaces_a_matrix_axis_whose_key_is_a_dotted_path(write_recipe, registry):
+    recipe = dict(TINY_TOY, matrix={"teacher.objective.name": ["ce", "mse"], "seed": [0, 1]})
+    _, variants = load_variants(write_recipe(recipe), ["matrix.teacher.objective.name=[mse]"], registry)
+    assert [v.id for v in variants] == ["objective=mse,seed=0", "objective=mse,seed=1"]
