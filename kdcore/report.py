@@ -28,6 +28,7 @@ COLUMNS = [
     ("student", "test", "mse_to_true", "student MSE to p* (test)"),
     ("teacher", "test", "brier", "teacher Brier (test)"),
     ("teacher", "test", "nll", "teacher NLL (test)"),
+    ("teacher", "test", "ece", "teacher ECE (test)"),
 ]
 
 

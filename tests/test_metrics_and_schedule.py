@@ -39,6 +39,12 @@ def test_evaluate_matches_hand_computed_metrics():
     assert metrics["mse_to_true"] == pytest.approx(((q - true_probs) ** 2).sum(1).mean().item(), rel=1e-5)
     ce = -sum((true_probs[i] * q[i].log()).sum().item() for i in range(4)) / 4
     assert metrics["ce_to_true"] == pytest.approx(ce, rel=1e-5)
+    bins: dict[int, list[tuple[float, bool]]] = {}
+    for i in range(4):
+        confidence, predicted = q[i].max(0)
+        bins.setdefault(min(int(confidence * 15), 14), []).append((confidence.item(), predicted.item() == labels[i].item()))
+    ece = sum(abs(sum(c for c, _ in members) - sum(ok for _, ok in members)) for members in bins.values()) / 4
+    assert metrics["ece"] == pytest.approx(ece, rel=1e-5)
 
 
 def test_multistep_decays_after_each_milestone_like_repdistiller():

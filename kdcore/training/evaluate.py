@@ -1,8 +1,10 @@
 """Evaluation metrics of a classifier on a split.
 
-Top-1/top-5 are in percent. Besides them, every evaluation reports the negative log-likelihood and the Brier score
-(mean ‖softmax − onehot‖²). Where the split knows p*(y|x), it also reports the distances of the
-model's probabilities q to p*: ``mse_to_true`` = mean ‖q − p*‖² (the quantity that bounds the
+Top-1/top-5 are in percent. Besides them, every evaluation reports the negative
+log-likelihood, the Brier score (mean ‖softmax − onehot‖², which ranks models as their MSE to
+p* does, since E‖y − q‖² = E‖p* − q‖² + a constant of the split) and the expected calibration
+error (15 equal-width confidence bins). Where the split knows p*(y|x), it also reports the
+distances of the model's probabilities q to p*: ``mse_to_true`` = mean ‖q − p*‖² (the quantity that bounds the
 student's error) and ``ce_to_true`` = mean −Σ p* log q.
 """
 
@@ -16,6 +18,9 @@ from torch import Tensor, nn
 
 from kdcore.nn import Split
 from kdcore.training.batches import evaluation_batches
+
+
+ECE_BINS = 15
 
 
 @torch.no_grad()
@@ -40,10 +45,12 @@ def evaluate(
             totals[name] = totals.get(name, 0) + value
         count += len(labels)
     model.train(was_training)
-    percent = {"top1", "top5"}
-    return {
-        name: float(total) / count * (100 if name in percent else 1) for name, total in totals.items()
-    }
+    bins = totals.pop("ece_bins")
+    metrics = {name: float(total) / count for name, total in totals.items()}
+    metrics["top1"] *= 100
+    metrics["top5"] *= 100
+    metrics["ece"] = float((bins[1] - bins[2]).abs().sum()) / count
+    return metrics
 
 
 def _batch_sums(logits: Tensor, labels: Tensor, true_probs: Tensor | None) -> dict[str, Tensor]:
@@ -58,6 +65,13 @@ def _batch_sums(logits: Tensor, labels: Tensor, true_probs: Tensor | None) -> di
         "nll": -log_probs.gather(1, labels[:, None]).sum(),
         "brier": (probs - F.one_hot(labels, num_classes)).pow(2).sum(),
     }
+    confidence, predicted = probs.max(dim=1)
+    bin_of = (confidence * ECE_BINS).long().clamp(max=ECE_BINS - 1)
+    correct = (predicted == labels).to(probs.dtype)
+    sums["ece_bins"] = torch.stack([
+        torch.zeros(ECE_BINS, device=probs.device).index_add_(0, bin_of, source)
+        for source in (torch.ones_like(confidence), confidence, correct)
+    ])  # per bin: count, summed confidence, summed correctness
     if true_probs is not None:
         sums["mse_to_true"] = (probs - true_probs).pow(2).sum()
         sums["ce_to_true"] = -(true_probs * log_probs).sum()
