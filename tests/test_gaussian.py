@@ -5,6 +5,7 @@ import torch
 from torch.distributions import MultivariateNormal
 
 from kdcore.api import DatasetContext
+from kdcore.nn import Split
 
 
 def build(registry, **params):
@@ -49,3 +50,33 @@ def test_bayes_accuracy_of_default_set_is_well_below_one(registry):
     bayes_accuracy = (test.true_probs.argmax(1) == test.labels).float().mean().item()
     assert 0.70 < bayes_accuracy < 0.82
     assert torch.bincount(test.labels).float().div(20000).sub(1 / 3).abs().max() < 0.02
+
+
+def test_brier_score_ranks_models_as_their_mse_to_true_probabilities(registry):
+    """E‖y − q‖² = E‖p* − q‖² + const: on held-out data the Brier score, which needs no p*,
+    orders estimates of p* as their true squared distance does."""
+    from kdcore.training.evaluate import evaluate
+
+    test = build(registry, n_train=10, n_val=0, n_test=60000).test
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(test.true_probs.shape, generator=generator)
+
+    indexed = Split(inputs=torch.arange(len(test))[:, None].float(), labels=test.labels, true_probs=test.true_probs)
+    results = [
+        evaluate(_Lookup(test.true_probs.log() + weight * noise), indexed, torch.device("cpu"), batch_size=8192)
+        for weight in (0.0, 0.3, 0.6, 1.0, 1.5)
+    ]
+    by_brier = sorted(range(5), key=lambda i: results[i]["brier"])
+    by_mse = sorted(range(5), key=lambda i: results[i]["mse_to_true"])
+    assert by_brier == by_mse == [0, 1, 2, 3, 4]
+    constant = [r["brier"] - r["mse_to_true"] for r in results]
+    assert max(constant) - min(constant) < 0.01
+
+
+class _Lookup(torch.nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, index):
+        return self.logits[index.long().flatten()]
