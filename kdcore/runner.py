@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from kdcore.teacher_store import exclusive, link_teacher, teacher_key
 from kdcore.training.batches import evaluation_batches
 from kdcore.training.checkpoint import load_weights, write_json
 from kdcore.training.evaluate import evaluate
-from kdcore.training.stage import WEIGHTS, Stage
+from kdcore.training.stage import BEST_WEIGHTS, WEIGHTS, Stage, best_validation
 
 SUMMARY = "summary.json"
 
@@ -80,10 +81,10 @@ class Run:
         torch.use_deterministic_algorithms(True, warn_only=True)
         data = build_component(self.registry, self.recipe.data, DatasetContext(seed=self.recipe.seed))
         teacher = self._teacher(data)
-        summary: dict[str, Any] = {"teacher": self._evaluate(teacher, data, self.recipe.teacher)}
+        summary: dict[str, Any] = {"teacher": self._evaluate(teacher, data, self.recipe.teacher, "teacher")}
         if self.recipe.student is not None:
             student = self._student(data, teacher)
-            summary["student"] = self._evaluate(student, data, self.recipe.student)
+            summary["student"] = self._evaluate(student, data, self.recipe.student, "student")
         write_json(self.directory / SUMMARY, summary)
         return summary
 
@@ -218,19 +219,29 @@ class Run:
             evaluated=evaluated,
         )
 
-    def _evaluate(self, model: nn.Module, data: DatasetBundle, config: StageConfig) -> dict[str, Any]:
-        """Test (and validation) metrics; training-set metrics only where p* is known, since
-        that is where the distance of the teacher to p* on the student's inputs matters."""
+    def _evaluate(self, model: nn.Module, data: DatasetBundle, config: StageConfig, stage: str) -> dict[str, Any]:
+        """Metrics of the last epoch's weights on test (and validation); training-set metrics
+        only where p* is known, since that is where the teacher's distance to p* on the
+        student's inputs matters. With a validation split, also the test metrics of the
+        weights of the best validation epoch (``best_val``)."""
         splits: dict[str, Split] = {"test": data.test}
         if data.val is not None:
             splits["val"] = data.val
         if data.train.true_probs is not None:
             splits["train"] = data.train
-        return {
-            name: evaluate(model, split, self.device, config.eval_batch_size, data.eval_transform,
-                           self.recipe.runtime.num_workers)
-            for name, split in splits.items()
-        }
+        results: dict[str, Any] = {name: self._metrics(model, split, config, data) for name, split in splits.items()}
+        directory = self.directory / stage
+        best = best_validation(directory)
+        if best is not None and (directory / BEST_WEIGHTS).exists():
+            selected = copy.deepcopy(model)
+            load_weights(selected, directory / BEST_WEIGHTS)
+            results["best_val"] = {"epoch": best[0], "val_top1": best[1],
+                                   "test": self._metrics(selected, data.test, config, data)}
+        return results
+
+    def _metrics(self, model: nn.Module, split: Split, config: StageConfig, data: DatasetBundle) -> dict[str, float]:
+        return evaluate(model, split, self.device, config.eval_batch_size, data.eval_transform,
+                        self.recipe.runtime.num_workers)
 
 
 def _usable_labels(split: Split) -> Tensor:

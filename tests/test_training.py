@@ -66,6 +66,10 @@ def test_run_writes_the_run_directory(write_recipe, tmp_path, monkeypatch, capsy
         assert 0 <= summary[stage]["test"]["top1"] <= 100
         assert summary[stage]["train"]["mse_to_true"] > 0 and summary[stage]["train"]["ce_to_true"] > 0
     assert (run / "recipe.yaml").read_text().count("reduction: sum") == 1  # defaults resolved
+    best = summary["student"]["best_val"]
+    val_top1 = [r["val/top1"] for r in student_log]
+    assert best["val_top1"] == max(val_top1) and best["epoch"] == val_top1.index(max(val_top1)) + 1
+    assert set(best["test"]) >= {"top1", "nll"} and (run / "student/best.safetensors").is_file()
 
 
 def test_same_seed_gives_identical_weights_and_other_seed_differs(write_recipe, tmp_path, monkeypatch, capsys):

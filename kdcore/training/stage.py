@@ -27,7 +27,9 @@ StepLoss = Callable[[Batch], tuple[Tensor, dict[str, Tensor]]]
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.safetensors"
+BEST_WEIGHTS = "best.safetensors"
 METRICS = "metrics.jsonl"
+MODEL_SELECTION = "val/top1"
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Stage:
         optimizer = build_optimizer(self.trainable.parameters(), self.config.optimizer)
         generator = torch.Generator().manual_seed(self.seed)
         start_epoch = self._restore(optimizer, generator)
+        best = best_validation(self.directory)
         steps_per_epoch = self._steps_per_epoch()
         self.progress.begin(
             self.run, self.name, steps_per_epoch * self.config.epochs, steps_per_epoch * start_epoch
@@ -70,6 +73,9 @@ class Stage:
             record = self._train_epoch(epoch, optimizer, generator, steps_per_epoch)
             with (self.directory / METRICS).open("a") as log:
                 log.write(json.dumps(record) + "\n")
+            if MODEL_SELECTION in record and (best is None or record[MODEL_SELECTION] > best[1]):
+                best = (record["epoch"], record[MODEL_SELECTION])
+                save_weights(self.model, self.directory / BEST_WEIGHTS)
             last = epoch + 1 == self.config.epochs
             if last or (epoch + 1) % self.runtime.checkpoint_every == 0:
                 self._checkpoint(epoch + 1, optimizer, generator)
@@ -181,3 +187,14 @@ class Stage:
             kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["epoch"] <= done]
             metrics.write_text("".join(line + "\n" for line in kept))
         return done
+
+
+def best_validation(directory: Path) -> tuple[int, float] | None:
+    """(epoch, validation top-1) of the best epoch logged so far, or ``None`` without a
+    validation split. Model selection never looks at the test split."""
+    metrics = directory / METRICS
+    if not metrics.exists():
+        return None
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    scored = [(r["epoch"], r[MODEL_SELECTION]) for r in records if MODEL_SELECTION in r]
+    return max(scored, key=lambda item: (item[1], -item[0])) if scored else None
