@@ -1,6 +1,6 @@
 """Aggregates finished runs: mean ± std over seeds per group of matrix values, as Markdown and
-CSV, and, where the data know p*, a scatter of student accuracy against the teacher's distance
-to p* (the paper's Fig. 1)."""
+CSV, with the teacher-objective comparison and plots (:mod:`kdcore.comparison`,
+:mod:`kdcore.plots`)."""
 
 from __future__ import annotations
 
@@ -34,9 +34,16 @@ COLUMNS = [
 
 @dataclass(frozen=True)
 class RunResult:
+    """A finished run: its directory, resolved recipe (with the matrix ``overrides`` that made
+    it) and summary."""
+
     directory: Path
-    overrides: dict[str, Any]
+    recipe: dict[str, Any]
     summary: dict[str, Any]
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return self.recipe.get("overrides", {})
 
     @property
     def group(self) -> str:
@@ -57,10 +64,10 @@ def collect(directories: list[Path]) -> list[RunResult]:
         candidates = [directory] if (directory / SUMMARY).exists() else sorted(directory.iterdir())
         for candidate in candidates:
             if (candidate / SUMMARY).exists():
-                recipe = yaml.safe_load((candidate / "recipe.yaml").read_text()) if (candidate / "recipe.yaml").exists() else {}
-                overrides = (recipe or {}).get("overrides", {})
+                recipe_file = candidate / "recipe.yaml"
+                recipe = yaml.safe_load(recipe_file.read_text()) if recipe_file.exists() else {}
                 summary = json.loads((candidate / SUMMARY).read_text())
-                results.append(RunResult(candidate, overrides, summary))
+                results.append(RunResult(candidate, recipe or {}, summary))
     if not results:
         raise KdcoreError(f"no finished runs (with {SUMMARY}) in {', '.join(map(str, directories))}")
     return results
@@ -103,45 +110,29 @@ def format_cell(cell: tuple[float, float] | None) -> str:
 
 
 def write_report(directory: Path, results: list[RunResult]) -> list[Path]:
-    """Write report.md, report.csv and, where p* is known, bcpd_scatter.png. Returns the paths."""
+    """Write report.md and report.csv (per group of matrix values), the teacher-objective
+    comparison (comparison.csv) and the plots that the runs support. Returns the paths."""
+    from kdcore import comparison, plots
+
     labels, rows = aggregate(results)
     written = [directory / "report.md", directory / "report.csv"]
-    (directory / "report.md").write_text(
-        f"# Report: {len(results)} runs in {directory}\n\nMean ± std (sample) over seeds.\n\n"
-        + markdown_table(labels, rows)
-    )
+    table = comparison.compare(results)
+    sections = [
+        f"# Report: {len(results)} runs in {directory}\n\nMean ± std (sample) over seeds.\n\n",
+        markdown_table(labels, rows),
+    ]
+    if table.has_students:
+        sections.append(comparison.markdown(table))
+        comparison.write_csv(table, directory / "comparison.csv")
+        written.append(directory / "comparison.csv")
+        written += plots.objective_differences(directory / "objective_difference.png", table)
+        written += plots.learning_curves(directory / "learning_curves.png", results)
+    (directory / "report.md").write_text("\n".join(sections))
     with (directory / "report.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["group", "runs", *[f"{label} {part}" for label in labels for part in ("mean", "std")]])
         for row in rows:
             writer.writerow([row["group"], row["runs"], *[x for label in labels for x in row.get(label, ("", ""))]])
     if any(r.metric("teacher", "train", "mse_to_true") is not None and r.metric("student", "test", "top1") is not None for r in results):
-        written.append(plot_bcpd_scatter(directory / "bcpd_scatter.png", results))
+        written.append(plots.bcpd_scatter(directory / "bcpd_scatter.png", results))
     return written
-
-
-def plot_bcpd_scatter(path: Path, results: list[RunResult]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = sorted({r.group for r in results})
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for axis, (name, label) in zip(axes, [("mse_to_true", "MSE(teacher, p*)"), ("ce_to_true", "CE(p*, teacher)")]):
-        for group, colour in zip(groups, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10):
-            points = [
-                (r.metric("teacher", "train", name), r.metric("student", "test", "top1"))
-                for r in results
-                if r.group == group and r.metric("teacher", "train", name) is not None
-            ]
-            axis.scatter([p[0] for p in points], [p[1] for p in points], label=group, color=colour, s=24)
-        axis.set_xlabel(f"{label} on the training set")
-        axis.grid(alpha=0.3)
-    axes[0].set_ylabel("student test top-1 (%)")
-    axes[0].legend()
-    figure.suptitle("Student accuracy against the teacher's distance to the Bayes probabilities")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path

@@ -1,0 +1,108 @@
+"""PNG plots of finished runs (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kdcore.comparison import Comparison
+    from kdcore.report import RunResult
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colours(plt, count: int) -> list[str]:
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return [cycle[i % len(cycle)] for i in range(count)]
+
+
+def bcpd_scatter(path: Path, results: list[RunResult]) -> Path:
+    """Student test accuracy against the teacher's MSE and CE to p* on the training set (the
+    paper's Fig. 1), one colour per group of matrix values."""
+    plt = _pyplot()
+    groups = sorted({r.group for r in results})
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for axis, (name, label) in zip(axes, [("mse_to_true", "MSE(teacher, p*)"), ("ce_to_true", "CE(p*, teacher)")]):
+        for group, colour in zip(groups, _colours(plt, len(groups))):
+            points = [
+                (r.metric("teacher", "train", name), r.metric("student", "test", "top1"))
+                for r in results
+                if r.group == group and r.metric("teacher", "train", name) is not None
+            ]
+            axis.scatter([p[0] for p in points], [p[1] for p in points], label=group, color=colour, s=24)
+        axis.set_xlabel(f"{label} on the training set")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("student test top-1 (%)")
+    axes[0].legend()
+    figure.suptitle("Student accuracy against the teacher's distance to the Bayes probabilities")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def objective_differences(path: Path, table: Comparison) -> list[Path]:
+    """Bars of (student top-1 with this teacher objective) − (with a CE teacher), per method and
+    pair, last-epoch weights. Nothing is drawn without a CE baseline and another objective."""
+    from kdcore.comparison import BASELINE_OBJECTIVE
+
+    others = [o for o in table.objectives if o != BASELINE_OBJECTIVE]
+    if BASELINE_OBJECTIVE not in table.objectives or not others:
+        return []
+    plt = _pyplot()
+    columns = [(pair, objective) for pair in table.pairs for objective in others]
+    width = 0.8 / len(columns)
+    figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(table.methods) * len(columns)), 4))
+    for position, ((pair, objective), colour) in enumerate(zip(columns, _colours(plt, len(columns)))):
+        deltas = [table.difference("last epoch", m, pair, objective) for m in table.methods]
+        xs = [i + position * width for i in range(len(table.methods))]
+        axis.bar(xs, [d or 0.0 for d in deltas], width, label=f"{pair} ({objective})", color=colour)
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.set_xticks([i + width * (len(columns) - 1) / 2 for i in range(len(table.methods))], table.methods)
+    axis.set_ylabel(f"student top-1 difference to {BASELINE_OBJECTIVE} teacher (points)")
+    axis.legend(fontsize=8)
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return [path]
+
+
+def learning_curves(path: Path, results: list[RunResult]) -> list[Path]:
+    """Student held-out top-1 per epoch, mean over the seeds of each group."""
+    curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for result in results:
+        log = result.directory / "student" / "metrics.jsonl"
+        if not log.exists():
+            continue
+        for line in log.read_text().splitlines():
+            record = json.loads(line)
+            key = "val/top1" if "val/top1" in record else "test/top1"
+            if key in record:
+                curves[result.group][record["epoch"]].append(record[key])
+    if not curves:
+        return []
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for (group, by_epoch), colour in zip(sorted(curves.items()), _colours(plt, len(curves))):
+        epochs = sorted(by_epoch)
+        axis.plot(epochs, [statistics.fmean(by_epoch[e]) for e in epochs], label=group, color=colour)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("student held-out top-1 (%)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return [path]
