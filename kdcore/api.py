@@ -149,7 +149,8 @@ class DistillerContext:
     """What a distiller may look at when it is built.
 
     Attributes:
-        student, teacher: the two networks (the teacher is frozen).
+        student, teacher: the two networks (the teacher is frozen; ``None`` in a recipe without
+            a teacher stage, where only distillers without teacher taps may be used).
         student_shapes, teacher_shapes: per tap, the shape (or list of shapes) of the feature
             for one sample, probed with a real batch before training.
         num_classes: number of classes.
@@ -159,6 +160,8 @@ class DistillerContext:
         epochs: number of epochs of the student stage (for warm-ups).
         teacher_features: ``teacher_features(inputs)`` runs the frozen teacher without gradient
             and returns its logits and every tap it declares (for preparation stages).
+        train_true_probs: p*(y|x) of the training samples where the dataset knows it, else
+            ``None`` (synthetic data).
     """
 
     student: Any
@@ -170,6 +173,7 @@ class DistillerContext:
     train_labels: Any
     epochs: int
     teacher_features: Callable[[Any], Mapping[str, Any]] | None = None
+    train_true_probs: Any = None
 
 
 COMPONENT_KINDS: dict[str, type[ComponentSpec]] = {

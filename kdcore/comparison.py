@@ -51,10 +51,13 @@ def method_of(recipe: dict[str, Any]) -> str:
 
 
 def pair_of(recipe: dict[str, Any]) -> str:
-    return f"{recipe['teacher']['arch']['name']}→{recipe['student']['arch']['name']}"
+    teacher = recipe.get("teacher") or {"arch": {"name": "(no teacher)"}}
+    return f"{teacher['arch']['name']}→{recipe['student']['arch']['name']}"
 
 
 def objective_of(recipe: dict[str, Any]) -> str:
+    if not recipe.get("teacher"):
+        return "none"
     objective = recipe["teacher"].get("objective")
     return objective["name"] if objective else "checkpoint"
 
@@ -71,7 +74,7 @@ def compare(results: list[RunResult]) -> Comparison:
                 collection.append(value)
         for selection, path in SELECTIONS.items():
             for row, stage in (("teacher", "teacher"), (method, "student")):
-                metrics = result.summary[stage]
+                metrics = result.summary.get(stage, {})
                 for key in path:
                     metrics = metrics.get(key, {}) if isinstance(metrics, dict) else {}
                 if "top1" in metrics:

@@ -193,12 +193,16 @@ class Recipe(Strict):
     data: DatasetRef
     optimizer: OptimizerConfig | None = None
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    teacher: TeacherStage
+    teacher: TeacherStage | None = Field(
+        default=None, description="omit to train the student alone (baselines, teacher-free distillers)"
+    )
     student: StudentStage | None = None
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")
     def _stages_inherit_optimisation(self) -> Recipe:
+        if self.teacher is None and self.student is None:
+            raise ValueError("a recipe needs a teacher stage, a student stage, or both")
         for stage_name in ("teacher", "student"):
             stage = getattr(self, stage_name)
             if stage is None:

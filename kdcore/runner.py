@@ -80,8 +80,11 @@ class Run:
     def execute(self) -> dict[str, Any]:
         torch.use_deterministic_algorithms(True, warn_only=True)
         data = build_component(self.registry, self.recipe.data, DatasetContext(seed=self.recipe.seed))
-        teacher = self._teacher(data)
-        summary: dict[str, Any] = {"teacher": self._evaluate(teacher, data, self.recipe.teacher, "teacher")}
+        summary: dict[str, Any] = {}
+        teacher = None
+        if self.recipe.teacher is not None:
+            teacher = self._teacher(data)
+            summary["teacher"] = self._evaluate(teacher, data, self.recipe.teacher, "teacher")
         if self.recipe.student is not None:
             student = self._student(data, teacher)
             summary["student"] = self._evaluate(student, data, self.recipe.student, "student")
@@ -124,33 +127,44 @@ class Run:
         self._stage("teacher", nn.ModuleDict({"model": model}), step_loss, config, data, indices, model,
                     directory).train()
 
-    def _student(self, data: DatasetBundle, teacher: nn.Module) -> nn.Module:
+    def _student(self, data: DatasetBundle, teacher: nn.Module | None) -> nn.Module:
+        """Distil into the student; without a teacher, the distillers must need none."""
         config = self.recipe.student
-        teacher.eval().requires_grad_(False)
         torch.manual_seed(stage_seed(self.recipe.seed, "student-init"))
         student, student_paths = build_network(self.registry, config.arch, data)
         student.to(self.device)
-        _, teacher_paths = build_network(self.registry, self.recipe.teacher.arch, data)
         probe = _probe_inputs(data).to(self.device)
+        teacher_paths: dict[str, TapPath] = {}
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+            _, teacher_paths = build_network(self.registry, self.recipe.teacher.arch, data)
         context = DistillerContext(
             student=student,
             teacher=teacher,
             student_shapes=_probe_shapes(student, student_paths, probe),
-            teacher_shapes=_probe_shapes(teacher, teacher_paths, probe),
+            teacher_shapes=_probe_shapes(teacher, teacher_paths, probe) if teacher is not None else {},
             num_classes=data.num_classes,
             train_size=len(data.train),
             train_labels=_usable_labels(data.train),
             epochs=config.epochs,
-            teacher_features=_all_features(teacher, teacher_paths),
+            teacher_features=_all_features(teacher, teacher_paths) if teacher is not None else None,
+            train_true_probs=data.train.true_probs,
         )
         distillers = [build_component(self.registry, ref, context).to(self.device) for ref in config.distillers]
         expander = _batch_expander(config.distillers, distillers)
         self._prepare(config, distillers, data)
         student_features = FeatureRecorder(student, student_paths, _wanted(distillers, "student_taps"))
-        teacher_features = FeatureRecorder(teacher, teacher_paths, _wanted(distillers, "teacher_taps"))
-        teacher_targets = _teacher_targets(
-            teacher_features, data, self.device, config.eval_batch_size, cacheable=expander is None
-        )
+        if teacher is None:
+            needing = [ref.term for ref, d in zip(config.distillers, distillers) if d.teacher_taps]
+            if needing:
+                raise KdcoreError(f"distiller '{needing[0]}' reads the teacher's features; add a teacher stage")
+            teacher_features = None
+            teacher_targets: Callable[[Batch], Features] = lambda batch: {}
+        else:
+            teacher_features = FeatureRecorder(teacher, teacher_paths, _wanted(distillers, "teacher_taps"))
+            teacher_targets = _teacher_targets(
+                teacher_features, data, self.device, config.eval_batch_size, cacheable=expander is None
+            )
 
         def step_loss(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
             if expander is not None:
@@ -172,7 +186,8 @@ class Run:
         indices = torch.arange(len(data.train))
         self._stage("student", trainable, step_loss, config, data, indices, student).train()
         student_features.remove()
-        teacher_features.remove()
+        if teacher_features is not None:
+            teacher_features.remove()
         return student
 
     def _prepare(self, config: StudentStage, distillers: list[Distiller], data: DatasetBundle) -> None:

@@ -163,3 +163,8 @@ def test_set_replaces_a_matrix_axis_whose_key_is_a_dotted_path(write_recipe, reg
     recipe = dict(TINY_TOY, matrix={"teacher.objective.name": ["ce", "mse"], "seed": [0, 1]})
     _, variants = load_variants(write_recipe(recipe), ["matrix.teacher.objective.name=[mse]"], registry)
     assert [v.id for v in variants] == ["objective=mse,seed=0", "objective=mse,seed=1"]
+
+
+def test_a_recipe_needs_at_least_one_stage(write_recipe, registry):
+    message = error_of(write_recipe("name: empty\ndata: {name: gaussian}\noptimizer: {lr: 0.1}\n"), registry)
+    assert "a recipe needs a teacher stage, a student stage, or both" in message

@@ -215,3 +215,17 @@ def test_cached_teacher_features_equal_computed_ones():
     assert torch.allclose(cached["logits"], computed["logits"], atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(cached["stages"], computed["stages"]))
     assert not computed["logits"].requires_grad
+
+
+def test_student_alone_without_a_teacher(write_recipe, tmp_path, monkeypatch, capsys):
+    recipe = copy.deepcopy(TINY_TOY)
+    del recipe["teacher"]
+    recipe["student"]["distillers"] = []
+    recipe["student"]["ce_weight"] = 1.0
+    code, _, err = run_cli(monkeypatch, capsys, "run", write_recipe(recipe), "--run-dir", tmp_path / "alone")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "alone/summary.json").read_text())
+    assert set(summary) == {"student"} and not (tmp_path / "alone/teacher").exists()
+    recipe["student"]["distillers"] = [{"name": "kd"}]
+    code, _, err = run_cli(monkeypatch, capsys, "run", write_recipe(recipe, "kd.yaml"), "--run-dir", tmp_path / "kd")
+    assert code == 2 and "distiller 'kd' reads the teacher's features; add a teacher stage" in err
