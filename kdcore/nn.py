@@ -119,7 +119,8 @@ class Distiller(nn.Module):
     multiplies their sum by the recipe's weight and logs each term. Parameters a distiller owns
     (regressors, embeddings) are trained with the student. Teacher features arrive detached.
 
-    Two optional extension points serve methods that need more than features:
+    Optional extension points serve methods that need more than features (and
+    :meth:`summary` adds numbers to the run's summary):
 
     - :meth:`expand_batch` replaces the inputs both networks see (HSAKD's rotated copies); the
       student's cross-entropy then uses the ``primary`` rows only. One distiller per recipe may.
@@ -140,6 +141,12 @@ class Distiller(nn.Module):
     def preparation(self) -> Preparation | None:
         """A stage to train before distillation, or ``None``."""
         return None
+
+    def summary(self) -> dict[str, float]:
+        """Numbers about this distiller worth keeping in the run's summary (e.g. the distance
+        of its targets to p*); reports read ``mse_to_true`` and ``ce_to_true`` from here when
+        the run has no teacher."""
+        return {}
 
     @property
     def expands_batch(self) -> bool:

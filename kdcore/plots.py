@@ -28,19 +28,18 @@ def _colours(plt, count: int) -> list[str]:
 
 
 def bcpd_scatter(path: Path, results: list[RunResult]) -> Path:
-    """Student test accuracy against the teacher's MSE and CE to p* on the training set (the
-    paper's Fig. 1), one colour per group of matrix values."""
+    """Student test accuracy against the MSE and CE to p* of what it learnt from (a teacher, or
+    a teacher-free distiller's targets) on the training set: the paper's Fig. 1. Teacher-free
+    runs are grey, teachers coloured by objective."""
     plt = _pyplot()
-    groups = sorted({r.group for r in results})
+    sources = sorted({r.source for r in results}, key=lambda s: (s.endswith("teacher"), s))
+    colours = dict(zip(sources, _colours(plt, len(sources))))
+    colours.update({s: "0.6" for s in sources if not s.endswith("teacher")})
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for axis, (name, label) in zip(axes, [("mse_to_true", "MSE(teacher, p*)"), ("ce_to_true", "CE(p*, teacher)")]):
-        for group, colour in zip(groups, _colours(plt, len(groups))):
-            points = [
-                (r.metric("teacher", "train", name), r.metric("student", "test", "top1"))
-                for r in results
-                if r.group == group and r.metric("teacher", "train", name) is not None
-            ]
-            axis.scatter([p[0] for p in points], [p[1] for p in points], label=group, color=colour, s=24)
+    for axis, (name, label) in zip(axes, [("mse_to_true", "MSE(estimate, p*)"), ("ce_to_true", "CE(p*, estimate)")]):
+        for source in sources:
+            points = [(r.estimate_distance(name), r.metric("student", "test", "top1")) for r in results if r.source == source]
+            axis.scatter([p[0] for p in points], [p[1] for p in points], label=source, color=colours[source], s=20)
         axis.set_xlabel(f"{label} on the training set")
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("student test top-1 (%)")

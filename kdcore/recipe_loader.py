@@ -188,8 +188,10 @@ def _short_label(key: str) -> str:
 
 
 def _value_label(value: Any) -> str:
-    if isinstance(value, dict) and "name" in value:
-        return str(value["name"])
+    if isinstance(value, dict):
+        return str(value["name"]) if "name" in value else "-".join(_value_label(v) for v in value.values())
+    if isinstance(value, list):
+        return "-".join(_value_label(v) for v in value)
     return str(value).replace("/", "_").replace(" ", "")
 
 

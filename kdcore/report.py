@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -53,6 +54,20 @@ class RunResult:
 
     def metric(self, stage: str, split: str, name: str) -> float | None:
         return self.summary.get(stage, {}).get(split, {}).get(name)
+
+    def estimate_distance(self, name: str) -> float | None:
+        """Distance (``mse_to_true`` or ``ce_to_true``) to p* of what the student learnt from:
+        the teacher on the training set, or, without a teacher, a distiller's own targets."""
+        if "teacher" in self.summary:
+            return self.metric("teacher", "train", name)
+        return next((numbers[name] for numbers in self.summary.get("distillers", {}).values() if name in numbers), None)
+
+    @property
+    def source(self) -> str:
+        """What taught the student, for plot legends: the teacher's objective, else the method."""
+        from kdcore.comparison import method_of, objective_of
+
+        return f"{objective_of(self.recipe)} teacher" if "teacher" in self.summary else method_of(self.recipe)
 
 
 def collect(directories: list[Path]) -> list[RunResult]:
@@ -127,12 +142,50 @@ def write_report(directory: Path, results: list[RunResult]) -> list[Path]:
         written.append(directory / "comparison.csv")
         written += plots.objective_differences(directory / "objective_difference.png", table)
         written += plots.learning_curves(directory / "learning_curves.png", results)
-    (directory / "report.md").write_text("\n".join(sections))
     with (directory / "report.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["group", "runs", *[f"{label} {part}" for label in labels for part in ("mean", "std")]])
         for row in rows:
             writer.writerow([row["group"], row["runs"], *[x for label in labels for x in row.get(label, ("", ""))]])
-    if any(r.metric("teacher", "train", "mse_to_true") is not None and r.metric("student", "test", "top1") is not None for r in results):
-        written.append(plots.bcpd_scatter(directory / "bcpd_scatter.png", results))
+    bcpd = [r for r in results if r.estimate_distance("mse_to_true") is not None and r.metric("student", "test", "top1") is not None]
+    if bcpd:
+        written.append(plots.bcpd_scatter(directory / "bcpd_scatter.png", bcpd))
+        sections.append(rank_correlations(bcpd))
+    (directory / "report.md").write_text("\n".join(sections))
     return written
+
+
+def rank_correlations(results: list[RunResult]) -> str:
+    """Spearman's rank correlation of student accuracy with each distance of its targets to p*."""
+    accuracy = [r.metric("student", "test", "top1") for r in results]
+    lines = ["\n## Student accuracy against the distance of its targets to p*\n",
+             f"Spearman rank correlation over {len(results)} runs (−1: farther from p* always means a worse student).\n"]
+    for name, label in (("mse_to_true", "squared error (MSE)"), ("ce_to_true", "cross-entropy (CE)")):
+        distance = [r.estimate_distance(name) for r in results]
+        lines.append(f"- {label}: {spearman(distance, accuracy):+.3f}")
+    return "\n".join(lines) + "\n"
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Pearson correlation of the ranks (ties get their average rank)."""
+    if len(xs) < 2:
+        return float("nan")
+    rx, ry = _ranks(xs), _ranks(ys)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    covariance = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    spread = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    return covariance / spread if spread else float("nan")
+
+
+def _ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks

@@ -86,8 +86,11 @@ class Run:
             teacher = self._teacher(data)
             summary["teacher"] = self._evaluate(teacher, data, self.recipe.teacher, "teacher")
         if self.recipe.student is not None:
-            student = self._student(data, teacher)
+            student, distillers = self._student(data, teacher)
             summary["student"] = self._evaluate(student, data, self.recipe.student, "student")
+            reported = {ref.term: d.summary() for ref, d in zip(self.recipe.student.distillers, distillers)}
+            if any(reported.values()):
+                summary["distillers"] = {term: numbers for term, numbers in reported.items() if numbers}
         write_json(self.directory / SUMMARY, summary)
         return summary
 
@@ -127,7 +130,7 @@ class Run:
         self._stage("teacher", nn.ModuleDict({"model": model}), step_loss, config, data, indices, model,
                     directory).train()
 
-    def _student(self, data: DatasetBundle, teacher: nn.Module | None) -> nn.Module:
+    def _student(self, data: DatasetBundle, teacher: nn.Module | None) -> tuple[nn.Module, list[Distiller]]:
         """Distil into the student; without a teacher, the distillers must need none."""
         config = self.recipe.student
         torch.manual_seed(stage_seed(self.recipe.seed, "student-init"))
@@ -188,7 +191,7 @@ class Run:
         student_features.remove()
         if teacher_features is not None:
             teacher_features.remove()
-        return student
+        return student, distillers
 
     def _prepare(self, config: StudentStage, distillers: list[Distiller], data: DatasetBundle) -> None:
         """Run the preparation stage of every distiller that declares one (teacher frozen).

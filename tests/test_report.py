@@ -38,3 +38,32 @@ def test_groups_pool_seeds_with_sample_std(tmp_path):
 def test_no_finished_runs_is_an_error(tmp_path):
     with pytest.raises(KdcoreError, match="no finished runs"):
         collect([tmp_path])
+
+
+def test_spearman_matches_hand_ranks_with_ties():
+    from kdcore.report import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ranks x: 1, 2.5, 2.5, 4; y: 1, 2, 3, 4 -> Pearson of ranks by hand
+    rx, ry = [1, 2.5, 2.5, 4], [1, 2, 3, 4]
+    mx, my = 2.5, 2.5
+    expected = sum((a - mx) * (b - my) for a, b in zip(rx, ry)) / (
+        sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    assert spearman([0.1, 0.5, 0.5, 0.9], [3, 5, 7, 9]) == pytest.approx(expected)
+
+
+def test_teacher_free_runs_use_their_distillers_distances(tmp_path):
+    for seed, (mse, top1) in enumerate([(0.01, 75.0), (0.05, 74.0), (0.10, 72.0)]):
+        run = tmp_path / f"run{seed}"
+        run.mkdir()
+        run.joinpath("recipe.yaml").write_text(yaml.safe_dump(
+            {"student": {"arch": {"name": "mlp"}, "distillers": [{"name": "noisy-bayes", "label": None}]}}))
+        run.joinpath("summary.json").write_text(json.dumps(
+            {"student": {"test": {"top1": top1}}, "distillers": {"noisy-bayes": {"mse_to_true": mse, "ce_to_true": 1 - mse}}}))
+    results = collect([tmp_path])
+    assert results[1].estimate_distance("mse_to_true") == 0.05 and results[1].source == "noisy-bayes"
+    written = write_report(tmp_path, results)
+    assert tmp_path / "bcpd_scatter.png" in written
+    text = (tmp_path / "report.md").read_text()
+    assert "- squared error (MSE): -1.000" in text and "- cross-entropy (CE): +1.000" in text
