@@ -183,7 +183,7 @@ def variant_id(overrides: dict[str, Any]) -> str:
 
 
 def _short_label(key: str) -> str:
-    parts = [p for p in key.split(".") if p not in ("name", "params")]
+    parts = [p for p in key.split(".") if p not in ("name", "params") and not p.isdigit()]
     return parts[-1] if parts else key
 
 
