@@ -105,3 +105,35 @@ def learning_curves(path: Path, results: list[RunResult]) -> list[Path]:
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return [path]
+
+
+def accuracy_curve(path: Path, results: list[RunResult], field: str) -> list[Path]:
+    """Student test top-1 (mean ± std over seeds) against a numeric recipe field that varies
+    between runs, one line per teacher objective and method: the paper's Fig. 2 when the
+    field is the number of labelled images."""
+    from kdcore.comparison import method_of, objective_of
+    from kdcore.report import _flatten
+
+    lines: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for result in results:
+        top1 = result.metric("student", "test", "top1")
+        if top1 is not None:
+            label = f"{objective_of(result.recipe)} teacher, {method_of(result.recipe)}"
+            lines[label][_flatten(result.recipe)[field]].append(top1)
+    if not lines:
+        return []
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for (label, by_x), colour in zip(sorted(lines.items()), _colours(plt, len(lines))):
+        xs = sorted(by_x)
+        means = [statistics.fmean(by_x[x]) for x in xs]
+        spreads = [statistics.stdev(by_x[x]) if len(by_x[x]) > 1 else 0.0 for x in xs]
+        axis.errorbar(xs, means, yerr=spreads, label=label, color=colour, marker="o", capsize=3)
+    axis.set_xlabel(field)
+    axis.set_ylabel("student test top-1 (%)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return [path]

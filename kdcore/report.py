@@ -124,6 +124,12 @@ def format_cell(cell: tuple[float, float] | None) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def comparison_objective(recipe: dict[str, Any]) -> str:
+    from kdcore.comparison import objective_of
+
+    return objective_of(recipe)
+
+
 def write_report(directory: Path, results: list[RunResult]) -> list[Path]:
     """Write report.md and report.csv (per group of matrix values), the teacher-objective
     comparison (comparison.csv) and the plots that the runs support. Returns the paths."""
@@ -147,12 +153,57 @@ def write_report(directory: Path, results: list[RunResult]) -> list[Path]:
         writer.writerow(["group", "runs", *[f"{label} {part}" for label in labels for part in ("mean", "std")]])
         for row in rows:
             writer.writerow([row["group"], row["runs"], *[x for label in labels for x in row.get(label, ("", ""))]])
+    teachers = teacher_ranking(results)
+    if teachers:
+        sections.append(teachers)
+    field, curve_written = varying_numeric_field(results), []
+    if field is not None and table.has_students:
+        curve_written = plots.accuracy_curve(directory / "accuracy_curve.png", results, field)
+    written += curve_written
     bcpd = [r for r in results if r.estimate_distance("mse_to_true") is not None and r.metric("student", "test", "top1") is not None]
     if bcpd:
         written.append(plots.bcpd_scatter(directory / "bcpd_scatter.png", bcpd))
         sections.append(rank_correlations(bcpd))
     (directory / "report.md").write_text("\n".join(sections))
     return written
+
+
+def teacher_ranking(results: list[RunResult]) -> str:
+    """Each distinct teacher once (a shared teacher serves many runs), ranked by its held-out
+    Brier score, which orders teachers as their MSE to p* does even where p* is unknown."""
+    seen: dict[Path, RunResult] = {}
+    for result in results:
+        if result.metric("teacher", "test", "brier") is not None:
+            seen.setdefault((result.directory / "teacher").resolve(), result)
+    if not seen:
+        return ""
+    split = "val" if all(r.metric("teacher", "val", "brier") is not None for r in seen.values()) else "test"
+    rows = sorted(seen.values(), key=lambda r: r.metric("teacher", split, "brier"))
+    lines = [f"\n## Teachers ranked by Brier score ({split} split; lower is closer to p*)\n",
+             "| teacher | objective | seed | top-1 (%) | Brier | NLL | ECE |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r.summary["teacher"][split]
+        arch = r.recipe["teacher"]["arch"]["name"]
+        lines.append(f"| {arch} | {comparison_objective(r.recipe)} | {r.recipe.get('seed', '')} | {m['top1']:.2f} | "
+                     f"{m['brier']:.4f} | {m['nll']:.4f} | {m['ece']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def varying_numeric_field(results: list[RunResult]) -> str | None:
+    """The one numeric recipe field, other than the seed, whose value differs between runs
+    (e.g. the number of labels in a semi-supervised study), or ``None``."""
+    flat = [_flatten(r.recipe) for r in results]
+    keys = set().union(*flat)
+    varying = [k for k in keys if k.split(".")[-1] != "seed" and len({repr(f.get(k)) for f in flat}) > 1]
+    numeric = [k for k in varying if all(isinstance(f.get(k), (int, float)) and not isinstance(f.get(k), bool) for f in flat)]
+    return numeric[0] if len(numeric) == 1 else None
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        return {k: v for key, value in data.items() if key != "overrides"
+                for k, v in _flatten(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): data}
 
 
 def rank_correlations(results: list[RunResult]) -> str:

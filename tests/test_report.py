@@ -67,3 +67,27 @@ def test_teacher_free_runs_use_their_distillers_distances(tmp_path):
     assert tmp_path / "bcpd_scatter.png" in written
     text = (tmp_path / "report.md").read_text()
     assert "- squared error (MSE): -1.000" in text and "- cross-entropy (CE): +1.000" in text
+
+
+def test_teachers_ranked_by_brier_and_curve_over_the_varying_numeric_field(tmp_path):
+    from kdcore.report import teacher_ranking, varying_numeric_field
+
+    for labels in (500, 4000):
+        for objective, brier, top1 in (("ce", 0.30, 60.0), ("mse", 0.25, 62.0)):
+            run = tmp_path / f"{labels}-{objective}"
+            run.mkdir()
+            recipe = {"seed": 0, "data": {"name": "semisup", "params": {"labeled": labels}},
+                      "teacher": {"arch": {"name": "wrn"}, "objective": {"name": objective}},
+                      "student": {"arch": {"name": "resnet18"}, "distillers": [{"name": "kd", "label": None}]}}
+            run.joinpath("recipe.yaml").write_text(yaml.safe_dump(recipe))
+            teacher = {"top1": top1 + labels / 1000, "brier": brier - labels / 1e5, "nll": 1.0, "ece": 0.05}
+            run.joinpath("summary.json").write_text(json.dumps(
+                {"teacher": {"test": teacher}, "student": {"test": {"top1": top1 + labels / 500}}}))
+    results = collect([tmp_path])
+    assert varying_numeric_field(results) == "data.params.labeled"
+    ranking = teacher_ranking(results).splitlines()
+    rows = [line for line in ranking if line.startswith("| wrn")]
+    assert [row.split("|")[4].strip() for row in rows] == ["66.00", "62.50", "64.00", "60.50"]  # Brier 0.21, 0.245, 0.26, 0.295
+    assert "(test split; lower is closer to p*)" in ranking[1]
+    written = write_report(tmp_path, results)
+    assert tmp_path / "accuracy_curve.png" in written
