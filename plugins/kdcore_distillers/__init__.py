@@ -1,6 +1,7 @@
 """Built-in distillation methods. Registration only: implementations import torch lazily.
 
-Defaults are the published CIFAR-100 values (RepDistiller; mdistiller for DKD); the published
+Defaults are the published CIFAR-100 values (RepDistiller; mdistiller for DKD and ReviewKD;
+HSAKD's own code for HSAKD); the published
 loss weights, which recipes set as the distiller's ``weight``, are in
 :mod:`kdcore_distillers.published`.
 """
@@ -60,6 +61,53 @@ class CRDParams(Params):
     negatives: Literal["other_class", "uniform"] = Field(
         default="other_class",
         description="draw negatives from other classes (published) or uniformly (needs no labels)",
+    )
+
+
+class ReviewKDParams(Params):
+    warmup_epochs: int = Field(
+        default=20, ge=0, description="epochs of linear warm-up of the loss (0: none)"
+    )
+    max_mid_channels: int = Field(
+        default=512, ge=1, description="cap on the ABF blocks' inner width (mid channels)"
+    )
+
+
+class HSAKDParams(Params):
+    temperature: float = Field(
+        default=3.0, gt=0, description="softmax temperature T of both KL terms"
+    )
+    student_blocks_per_stage: int = Field(
+        default=1, ge=1,
+        description="residual blocks per stage that a student branch re-creates (HSAKD: n)",
+    )
+    teacher_blocks_per_stage: int = Field(
+        default=1, ge=1,
+        description="residual blocks per stage that a teacher branch re-creates (HSAKD: n)",
+    )
+    block: Literal["auto", "basic", "bottleneck"] = Field(
+        default="auto",
+        description="branch block type; auto: bottlenecks for stages of more than 256 channels",
+    )
+    student_branch_stages: list[int] | None = Field(
+        default=None,
+        description="indices into the student's 'stages' that carry a branch (default: all)",
+    )
+    teacher_branch_stages: list[int] | None = Field(
+        default=None,
+        description="indices into the teacher's 'stages' that carry a branch (default: all)",
+    )
+    prepare_epochs: int = Field(
+        default=100, ge=1, description="epochs of training the teacher's branches (frozen backbone)"
+    )
+    prepare_batch_size: int = Field(
+        default=64, ge=1, description="images per batch of the preparation (×4 with rotations)"
+    )
+    prepare_lr: float = Field(default=0.05, gt=0, description="learning rate of the preparation")
+    prepare_momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum (nesterov)")
+    prepare_weight_decay: float = Field(default=5e-4, ge=0, description="weight decay")
+    prepare_milestones: list[int] = Field(
+        default=[30, 60, 90], description="epochs after which the preparation's lr drops ×0.1"
     )
 
 
@@ -124,4 +172,16 @@ def kdcore_distillers():
         summary="CRD: contrastive NCE on pooled-feature embeddings with memory banks (weight 0.8)",
         params=CRDParams,
         build="kdcore_distillers.crd:CRD",
+    )
+    yield DistillerSpec(
+        name="reviewkd",
+        summary="ReviewKD: ABF-fused student levels vs teacher pre-ReLU ones, HCL loss (weight 5)",
+        params=ReviewKDParams,
+        build="kdcore_distillers.reviewkd:ReviewKD",
+    )
+    yield DistillerSpec(
+        name="hsakd",
+        summary="HSAKD: rotation-augmented KL of main logits and of auxiliary branches (weight 1)",
+        params=HSAKDParams,
+        build="kdcore_distillers.hsakd:HSAKD",
     )
