@@ -229,3 +229,13 @@ def test_student_alone_without_a_teacher(write_recipe, tmp_path, monkeypatch, ca
     recipe["student"]["distillers"] = [{"name": "kd"}]
     code, _, err = run_cli(monkeypatch, capsys, "run", write_recipe(recipe, "kd.yaml"), "--run-dir", tmp_path / "kd")
     assert code == 2 and "distiller 'kd' reads the teacher's features; add a teacher stage" in err
+
+
+def test_non_finite_outputs_on_held_out_data_stop_the_stage(registry, write_recipe, tmp_path, monkeypatch):
+    from kdcore.training import evaluate as evaluation
+
+    real = evaluation._batch_sums
+    monkeypatch.setattr(evaluation, "_batch_sums", lambda logits, labels, p: real(logits * float("nan"), labels, p))
+    [variant] = load_variants(write_recipe(TINY_TOY), [], registry)[1]
+    with pytest.raises(NonFiniteLossError, match=r"teacher stage, epoch 1: the network's outputs on the val split are not finite"):
+        Run(variant.recipe, tmp_path / "run", registry, "", ProgressSink()).execute()

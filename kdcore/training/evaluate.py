@@ -66,7 +66,7 @@ def _batch_sums(logits: Tensor, labels: Tensor, true_probs: Tensor | None) -> di
         "brier": (probs - F.one_hot(labels, num_classes)).pow(2).sum(),
     }
     confidence, predicted = probs.max(dim=1)
-    bin_of = (confidence * ECE_BINS).long().clamp(max=ECE_BINS - 1)
+    bin_of = (confidence * ECE_BINS).nan_to_num(0).long().clamp(0, ECE_BINS - 1)
     correct = (predicted == labels).to(probs.dtype)
     sums["ece_bins"] = torch.stack([
         torch.zeros(ECE_BINS, device=probs.device).index_add_(0, bin_of, source)

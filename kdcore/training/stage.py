@@ -128,6 +128,12 @@ class Stage:
                 self.evaluated, split, self.device, self.config.eval_batch_size,
                 self.data.eval_transform, self.runtime.num_workers,
             )
+            if not math.isfinite(metrics["nll"]):
+                raise NonFiniteLossError(
+                    f"{self.run + ' ' if self.run else ''}{self.name} stage, epoch {epoch + 1}: the "
+                    f"network's outputs on the {held_out} split are not finite; kept the checkpoint of "
+                    f"the last good epoch in {self.directory}; lower the learning rate or a loss weight"
+                )
             record.update({f"{held_out}/{name}": value for name, value in metrics.items()})
             status += f"  {held_out} top1 {metrics['top1']:.2f}"
         record["seconds"] = round(time.perf_counter() - started, 3)

@@ -32,9 +32,9 @@ def build_tiny_images(params, ctx) -> DatasetBundle:
                          test=split(16))
 
 
-def run_resnet8_pair(registry: Registry, write_recipe, directory: Path, distiller: dict) -> Path:
+def run_resnet8_pair(registry: Registry, write_recipe, directory: Path, distiller: dict, epochs: int = 1) -> Path:
     """Train a resnet8 teacher (CE) and distil a resnet8 student with ``distiller`` (a recipe
-    entry), one epoch each, batch 16; returns the run directory."""
+    entry), ``epochs`` each, batch 16; returns the run directory."""
     patched = Registry(plugins=registry.plugins, components=copy.deepcopy(registry.components))
     patched.add("dataset", DatasetSpec(name="tiny-images", summary="test", build=build_tiny_images),
                 PluginInfo("t", "tests", "0"))
@@ -43,9 +43,9 @@ def run_resnet8_pair(registry: Registry, write_recipe, directory: Path, distille
         "seed": 0,
         "data": {"name": "tiny-images"},
         "optimizer": {"lr": 0.05, "momentum": 0.9},
-        "teacher": {"arch": {"name": "resnet8"}, "objective": {"name": "ce"}, "epochs": 1,
+        "teacher": {"arch": {"name": "resnet8"}, "objective": {"name": "ce"}, "epochs": epochs,
                     "batch_size": 16},
-        "student": {"arch": {"name": "resnet8"}, "distillers": [distiller], "epochs": 1,
+        "student": {"arch": {"name": "resnet8"}, "distillers": [distiller], "epochs": epochs,
                     "batch_size": 16},
         "runtime": {"device": "cpu", "threads": 1},
     }
