@@ -117,8 +117,6 @@ def plugins(as_json: bool, kind: str | None, params_of: str | None) -> None:
               help="Where to write the report (default: the first RUN_DIR).")
 def report_command(run_dirs: tuple[Path, ...], out: Path | None) -> None:
     """Aggregate finished runs into tables (mean ± std over seeds) and plots."""
-    from kdcore import report
-
     target = out or run_dirs[0]
     target.mkdir(parents=True, exist_ok=True)
     _write_report(target, list(run_dirs))

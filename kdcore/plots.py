@@ -22,6 +22,17 @@ def _pyplot():
     return plt
 
 
+def _finish(plt, figure, axis, path: Path, xlabel: str, ylabel: str) -> list[Path]:
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return [path]
+
+
 def _colours(plt, count: int) -> list[str]:
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     return [cycle[i % len(cycle)] for i in range(count)]
@@ -69,13 +80,7 @@ def objective_differences(path: Path, table: Comparison) -> list[Path]:
         axis.bar(xs, [d or 0.0 for d in deltas], width, label=f"{pair} ({objective})", color=colour)
     axis.axhline(0, color="black", linewidth=0.8)
     axis.set_xticks([i + width * (len(columns) - 1) / 2 for i in range(len(table.methods))], table.methods)
-    axis.set_ylabel(f"student top-1 difference to {BASELINE_OBJECTIVE} teacher (points)")
-    axis.legend(fontsize=8)
-    axis.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return [path]
+    return _finish(plt, figure, axis, path, "method", f"student top-1 difference to {BASELINE_OBJECTIVE} teacher (points)")
 
 
 def learning_curves(path: Path, results: list[RunResult]) -> list[Path]:
@@ -97,14 +102,7 @@ def learning_curves(path: Path, results: list[RunResult]) -> list[Path]:
     for (group, by_epoch), colour in zip(sorted(curves.items()), _colours(plt, len(curves))):
         epochs = sorted(by_epoch)
         axis.plot(epochs, [statistics.fmean(by_epoch[e]) for e in epochs], label=group, color=colour)
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("student held-out top-1 (%)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return [path]
+    return _finish(plt, figure, axis, path, "epoch", "student held-out top-1 (%)")
 
 
 def accuracy_curve(path: Path, results: list[RunResult], field: str) -> list[Path]:
@@ -129,11 +127,4 @@ def accuracy_curve(path: Path, results: list[RunResult], field: str) -> list[Pat
         means = [statistics.fmean(by_x[x]) for x in xs]
         spreads = [statistics.stdev(by_x[x]) if len(by_x[x]) > 1 else 0.0 for x in xs]
         axis.errorbar(xs, means, yerr=spreads, label=label, color=colour, marker="o", capsize=3)
-    axis.set_xlabel(field)
-    axis.set_ylabel("student test top-1 (%)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return [path]
+    return _finish(plt, figure, axis, path, field, "student test top-1 (%)")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kdcore.cli import main
 from kdcore.registry import load_registry
 
 
@@ -75,3 +76,13 @@ def fake_site(tmp_path, monkeypatch):
     yield site
     for module in [m for m in sys.modules if m.startswith("fake_")]:
         del sys.modules[module]
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """Run ``kdcore ARGS`` in this process; returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["kdcore", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err

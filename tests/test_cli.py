@@ -2,8 +2,7 @@
 
 import json
 
-from tests.conftest import TINY_TOY
-from tests.test_training import run_cli
+from tests.conftest import TINY_TOY, run_cli
 
 
 def test_validate_ok_and_broken(write_recipe, monkeypatch, capsys):

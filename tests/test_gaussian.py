@@ -1,6 +1,5 @@
 """The Gaussian toy set: its p* against Bayes' rule computed from the densities."""
 
-import pytest
 import torch
 from torch.distributions import MultivariateNormal
 

@@ -4,8 +4,7 @@ import copy
 
 from kdcore.recipe_loader import load_variants
 from kdcore.teacher_store import teacher_key
-from tests.conftest import TINY_TOY
-from tests.test_training import run_cli
+from tests.conftest import TINY_TOY, run_cli
 
 
 def test_key_changes_with_what_determines_the_teacher_only(write_recipe, registry):

@@ -3,12 +3,10 @@ kill, non-finite losses, loading a teacher."""
 
 import copy
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,22 +14,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from kdcore.api import ObjectiveSpec
-from kdcore.cli import main
-from kdcore.errors import KdcoreError, NonFiniteLossError
+from kdcore.errors import NonFiniteLossError
 from kdcore.progress import ProgressSink
 from kdcore.recipe_loader import load_variants
 from kdcore.registry import PluginInfo, Registry
 from kdcore.runner import Run
-from tests.conftest import TINY_TOY
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["kdcore", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+from tests.conftest import TINY_TOY, run_cli
 
 
 def weights(path):

@@ -5,7 +5,6 @@ fixtures, shrunk with ``--set`` to one or two epochs of small networks."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from kdcore.api import ArchitectureContext
-from kdcore.cli import main
 from kdcore.progress import RichProgress
+from tests.conftest import run_cli
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -80,15 +79,6 @@ def test_one_sgd_step(architecture, registry, one_thread):
 
 
 # --- kdcore run on tiny data ---------------------------------------------------------------------
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["kdcore", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def records(path: Path) -> list[dict]:
