@@ -19,6 +19,7 @@ errors = Console(stderr=True, highlight=False)
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
 EXIT_INTERRUPTED = 130
+CONSOLE_COLUMNS = 4
 
 recipe_argument = click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 set_option = click.option(
@@ -130,7 +131,8 @@ def _write_report(target: Path, run_dirs: list[Path]) -> None:
     results = report.collect(run_dirs)
     written = report.write_report(target, results)
     labels, rows = report.aggregate(results)
-    table = Table(title="mean ± std over seeds")
+    labels = labels[:CONSOLE_COLUMNS]
+    table = Table(title=f"mean ± std over seeds (all columns: {target / 'report.md'})")
     for column in ("group", "runs", *labels):
         table.add_column(column, overflow="fold")
     for row in rows:

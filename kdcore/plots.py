@@ -55,7 +55,7 @@ def bcpd_scatter(path: Path, results: list[RunResult]) -> Path:
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("student test top-1 (%)")
     axes[0].legend()
-    figure.suptitle("Student accuracy against the teacher's distance to the Bayes probabilities")
+    figure.suptitle("Student accuracy against the distance of what it learnt from to the Bayes probabilities")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

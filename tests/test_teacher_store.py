@@ -1,6 +1,12 @@
 """Shared teachers: one teacher per identity, trained once, reused across runs and sweeps."""
 
 import copy
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
 
 from kdcore.recipe_loader import load_variants
 from kdcore.teacher_store import teacher_key
@@ -42,3 +48,34 @@ def test_students_of_a_sweep_share_one_teacher_trained_once_also_in_parallel(wri
     assert code == 0, err
     assert (stored / "model.safetensors").stat().st_mtime_ns == before
     assert (tmp_path / "again/ce_weight=0.75/teacher").resolve() == stored.resolve()
+
+
+def test_an_interrupted_sweep_resumes_without_retraining_finished_runs_or_teachers(write_recipe, tmp_path):
+    recipe = dict(copy.deepcopy(TINY_TOY), matrix={"student.ce_weight": [0.25, 0.5, 1.0]})
+    recipe["data"]["params"]["n_train"] = 2000
+    recipe["student"]["epochs"] = 6
+    path = write_recipe(recipe)
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "kdcore.cli", "run", str(path), "--run-dir", str(sweep)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = sweep / "ce_weight=0.25"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and not (first / "summary.json").exists():
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (first / "summary.json").exists(), "the first run did not finish before the kill"
+    assert not (sweep / "ce_weight=1.0/summary.json").exists(), "the sweep finished before the kill"
+    finished = (first / "summary.json").stat().st_mtime_ns
+    teacher_log = (first / "teacher/metrics.jsonl").resolve()
+    teacher_epochs = teacher_log.read_text()
+
+    result = subprocess.run(command + ["--resume"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"[12] of 3 runs already finished", result.stdout)
+    assert (first / "summary.json").stat().st_mtime_ns == finished
+    assert teacher_log.read_text() == teacher_epochs  # the shared teacher was not trained again
+    for run in ("ce_weight=0.5", "ce_weight=1.0"):
+        summary = json.loads((sweep / run / "summary.json").read_text())
+        assert summary["student"]["test"]["top1"] > 0
+    assert (sweep / "report.md").exists()
