@@ -70,15 +70,38 @@ def run(recipe: Path, overrides: tuple[str, ...], out: Path, run_dir: Path | Non
         for variant in variants:
             console.print(f"would run: {variant.recipe.name} {variant.id or '(single run)'}")
         return
-    from kdcore import sweep
+    from kdcore import distributed, sweep
 
-    directory = _run_directory(out, run_dir, variants[0].recipe.name, resume)
-    sweep.prepare(directory, raw, variants, resume)
-    sweep.write_environment(directory, variants[0].recipe, registry)
-    console.print(f"run directory: {directory}")
-    store = teachers or (run_dir.parent if run_dir is not None else out) / "teachers"
-    sweep.execute(directory, variants, registry, variants[0].recipe.runtime.jobs, console, store)
-    _write_report(directory, [directory])
+    distributed.start()
+    try:
+        directory = _shared_run_directory(out, run_dir, variants[0].recipe.name, resume)
+        if distributed.is_main():
+            sweep.prepare(directory, raw, variants, resume)
+            sweep.write_environment(directory, variants[0].recipe, registry)
+            console.print(f"run directory: {directory}")
+        distributed.barrier()
+        store = teachers or (run_dir.parent if run_dir is not None else out) / "teachers"
+        sweep.execute(directory, variants, registry, variants[0].recipe.runtime.jobs, console, store)
+        if distributed.is_main():
+            _write_report(directory, [directory])
+    finally:
+        distributed.stop()
+
+
+def _shared_run_directory(out: Path, run_dir: Path | None, name: str, resume: bool) -> Path:
+    """Rank 0 picks (or creates) the run directory and every process uses it; a problem is
+    raised on every process."""
+    from kdcore import distributed
+
+    chosen: Path | str
+    try:
+        chosen = _run_directory(out, run_dir, name, resume) if distributed.is_main() else ""
+    except KdcoreError as error:
+        chosen = f"error: {error}"
+    chosen = distributed.broadcast(chosen)
+    if isinstance(chosen, str):
+        raise KdcoreError(chosen.removeprefix("error: "))
+    return chosen
 
 
 def _run_directory(out: Path, run_dir: Path | None, name: str, resume: bool) -> Path:

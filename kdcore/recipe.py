@@ -185,6 +185,16 @@ class RuntimeConfig(Strict):
     checkpoint_every: Annotated[int, Field(ge=1)] = Field(
         default=1, description="epochs between checkpoints"
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="bf16 autocast for forward passes; auto: bf16 on a GPU, else fp32"
+    )
+    channels_last: bool | None = Field(
+        default=None, description="channels-last memory format for image networks; default: on a GPU"
+    )
+    data_on_device: bool | None = Field(
+        default=None,
+        description="keep in-memory datasets on the training device (no copies per batch); default: on a GPU",
+    )
 
 
 class Recipe(Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import Tensor, nn
 
+from kdcore import distributed
 from kdcore.api import ArchitectureContext, DatasetContext, DistillerContext, ObjectiveContext, TapPath
 from kdcore.errors import KdcoreError
 from kdcore.nn import Batch, DatasetBundle, Distiller, Features, Split
@@ -32,14 +34,16 @@ from kdcore.teacher_store import exclusive, link_teacher, teacher_key
 from kdcore.training.batches import evaluation_batches
 from kdcore.training.checkpoint import load_weights, write_json
 from kdcore.training.evaluate import evaluate
+from kdcore.training.performance import Performance
 from kdcore.training.stage import BEST_WEIGHTS, WEIGHTS, Stage, best_validation
 
 SUMMARY = "summary.json"
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``: the GPU when there is one (with several processes, this process's GPU)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{distributed.local_rank()}" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
@@ -76,10 +80,12 @@ class Run:
         self.label = label
         self.progress = progress
         self.device = resolve_device(recipe.runtime.device)
+        self.performance = Performance.resolve(recipe.runtime, self.device)
 
     def execute(self) -> dict[str, Any]:
         torch.use_deterministic_algorithms(True, warn_only=True)
         data = build_component(self.registry, self.recipe.data, DatasetContext(seed=self.recipe.seed))
+        self.performance.place(data)
         summary: dict[str, Any] = {}
         teacher = None
         if self.recipe.teacher is not None:
@@ -91,7 +97,8 @@ class Run:
             reported = {ref.term: d.summary() for ref, d in zip(self.recipe.student.distillers, distillers)}
             if any(reported.values()):
                 summary["distillers"] = {term: numbers for term, numbers in reported.items() if numbers}
-        write_json(self.directory / SUMMARY, summary)
+        if distributed.is_main():
+            write_json(self.directory / SUMMARY, summary)
         return summary
 
     def _teacher(self, data: DatasetBundle) -> nn.Module:
@@ -100,7 +107,7 @@ class Run:
         config = self.recipe.teacher
         torch.manual_seed(stage_seed(self.recipe.seed, "teacher-init"))
         model, _ = build_network(self.registry, config.arch, data)
-        model.to(self.device)
+        self.performance.network(model)
         if config.checkpoint is not None:
             load_weights(model, config.checkpoint)
             return model
@@ -108,9 +115,12 @@ class Run:
             self._train_teacher(model, data, self.directory / "teacher")
             return model
         stored = self.teacher_store / teacher_key(self.recipe)
-        with exclusive(stored):
+        # The processes of one distributed run train the teacher together, so they cannot take
+        # turns on the store's lock: a distributed run must not share its store with another.
+        with exclusive(stored) if not distributed.active() else contextlib.nullcontext():
             self._train_teacher(model, data, stored)
-        link_teacher(self.directory, stored)
+        if distributed.is_main():
+            link_teacher(self.directory, stored)
         return model
 
     def _train_teacher(self, model: nn.Module, data: DatasetBundle, directory: Path) -> None:
@@ -121,8 +131,10 @@ class Run:
         objective = build_component(self.registry, config.objective, ObjectiveContext(data.num_classes))
         term = config.objective.name
 
+        network = distributed.wrap(model)
+
         def step_loss(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-            loss = objective(model(batch.inputs), batch.labels)
+            loss = objective(network(batch.inputs), batch.labels)
             return loss, {term: loss}
 
         labeled = data.train.labeled
@@ -135,8 +147,8 @@ class Run:
         config = self.recipe.student
         torch.manual_seed(stage_seed(self.recipe.seed, "student-init"))
         student, student_paths = build_network(self.registry, config.arch, data)
-        student.to(self.device)
-        probe = _probe_inputs(data).to(self.device)
+        self.performance.network(student)
+        probe = self.performance.inputs(_probe_inputs(data).to(self.device))
         teacher_paths: dict[str, TapPath] = {}
         if teacher is not None:
             teacher.eval().requires_grad_(False)
@@ -156,7 +168,8 @@ class Run:
         distillers = [build_component(self.registry, ref, context).to(self.device) for ref in config.distillers]
         expander = _batch_expander(config.distillers, distillers)
         self._prepare(config, distillers, data)
-        student_features = FeatureRecorder(student, student_paths, _wanted(distillers, "student_taps"))
+        student_features = FeatureRecorder(student, student_paths, _wanted(distillers, "student_taps"),
+                                           forward=distributed.wrap(student))
         if teacher is None:
             needing = [ref.term for ref, d in zip(config.distillers, distillers) if d.teacher_taps]
             if needing:
@@ -187,7 +200,9 @@ class Run:
 
         trainable = nn.ModuleDict({"model": student, "distillers": nn.ModuleList(distillers)}).to(self.device)
         indices = torch.arange(len(data.train))
-        self._stage("student", trainable, step_loss, config, data, indices, student).train()
+        distiller_parameters = [p for d in distillers for p in d.parameters() if p.requires_grad]
+        self._stage("student", trainable, step_loss, config, data, indices, student,
+                    after_backward=lambda: distributed.average_gradients(distiller_parameters)).train()
         student_features.remove()
         if teacher_features is not None:
             teacher_features.remove()
@@ -214,13 +229,14 @@ class Run:
                 raise KdcoreError(f"distiller '{ref.term}' declares an invalid preparation: {error}") from None
             trainable = nn.ModuleDict({"model": preparation.trainable})
             indices = torch.arange(len(data.train))
+            parameters = [p for p in preparation.trainable.parameters() if p.requires_grad]
             self._stage(f"prepare-{ref.term}", trainable, preparation.step_loss, stage_config, data, indices,
-                        None).train()
+                        None, after_backward=lambda: distributed.average_gradients(parameters)).train()
             preparation.trainable.requires_grad_(False)
 
     def _stage(self, name: str, trainable: nn.ModuleDict, step_loss, config: StageConfig,
                data: DatasetBundle, indices: Tensor, evaluated: nn.Module | None,
-               directory: Path | None = None) -> Stage:
+               directory: Path | None = None, after_backward=None) -> Stage:
         return Stage(
             name=name,
             run=self.label,
@@ -235,6 +251,8 @@ class Run:
             seed=stage_seed(self.recipe.seed, "student-data" if name.startswith("prepare-") else f"{name}-data"),
             progress=self.progress,
             evaluated=evaluated,
+            performance=self.performance,
+            after_backward=after_backward,
         )
 
     def _evaluate(self, model: nn.Module, data: DatasetBundle, config: StageConfig, stage: str) -> dict[str, Any]:
@@ -259,7 +277,7 @@ class Run:
 
     def _metrics(self, model: nn.Module, split: Split, config: StageConfig, data: DatasetBundle) -> dict[str, float]:
         return evaluate(model, split, self.device, config.eval_batch_size, data.eval_transform,
-                        self.recipe.runtime.num_workers)
+                        self.recipe.runtime.num_workers, self.performance)
 
 
 def _usable_labels(split: Split) -> Tensor:

@@ -17,6 +17,7 @@ import yaml
 from rich.console import Console
 
 import kdcore
+from kdcore import distributed
 from kdcore.errors import KdcoreError
 from kdcore.progress import QueueProgress, RichProgress, replay
 from kdcore.recipe import Recipe
@@ -119,15 +120,19 @@ def execute(
 ) -> list[str]:
     """Train every variant that has no summary yet. Returns the ids of the variants trained."""
     pending = [v for v in variants if not (variant_directory(run_directory, v) / SUMMARY).exists()]
+    pending = distributed.broadcast(pending)
     skipped = len(variants) - len(pending)
-    if skipped:
+    if skipped and distributed.is_main():
         console.print(f"{skipped} of {len(variants)} runs already finished; skipping them")
-    with RichProgress(console, total_runs=len(variants)) as progress:
+    progress_console = console if distributed.is_main() else Console(quiet=True)
+    with RichProgress(progress_console, total_runs=len(variants)) as progress:
         for _ in range(skipped):
             progress.run_finished()
+        if distributed.active() and jobs > 1:
+            raise KdcoreError("runtime.jobs must be 1 when torchrun starts several processes per run")
         if jobs == 1 or len(pending) <= 1:
             for variant in pending:
-                _set_threads(variant.recipe, 1)
+                _set_threads(variant.recipe, distributed.world_size())
                 Run(variant.recipe, variant_directory(run_directory, variant), registry, variant.id, progress,
                     teacher_store).execute()
                 progress.run_finished()

@@ -19,11 +19,14 @@ class FeatureRecorder:
 
     A path ending in ``:input`` records the module's first input instead of its output (e.g.
     ``fc:input`` is the pooled feature of a torchvision ResNet). When a module runs several
-    times in one forward pass, its last call is recorded.
+    times in one forward pass, its last call is recorded. ``forward`` is what is called, when
+    it wraps ``model`` (DistributedDataParallel).
     """
 
-    def __init__(self, model: nn.Module, paths: Mapping[str, TapPath], wanted: Iterable[str]):
+    def __init__(self, model: nn.Module, paths: Mapping[str, TapPath], wanted: Iterable[str],
+                 forward: nn.Module | None = None):
         self.model = model
+        self.forward = forward or model
         self._recorded: dict[str, Tensor] = {}
         self._layout: dict[str, str | list[str]] = {}
         self._handles = []
@@ -59,7 +62,7 @@ class FeatureRecorder:
 
     def __call__(self, inputs: Tensor) -> Features:
         self._recorded.clear()
-        features: Features = {"logits": self.model(inputs)}
+        features: Features = {"logits": self.forward(inputs)}
         for tap, keys in self._layout.items():
             features[tap] = (
                 self._recorded[keys] if isinstance(keys, str) else [self._recorded[k] for k in keys]

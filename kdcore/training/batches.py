@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from kdcore.errors import KdcoreError
 from kdcore.nn import BatchTransform, Split
 
 
@@ -20,14 +21,22 @@ def training_batches(
     device: torch.device,
     transform: BatchTransform | None,
     num_workers: int,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Shuffled ``(inputs, labels, sample index)`` batches over ``indices`` of the split.
 
     All randomness (order, augmentation) comes from ``generator``, whose state a checkpoint
-    saves, so a resumed run sees exactly the batches an uninterrupted one would.
+    saves, so a resumed run sees exactly the batches an uninterrupted one would. With several
+    processes, ``batch_size`` is the global batch: every process draws the same order and takes
+    its ``rank``-th share of each batch; an incomplete last batch is dropped, so that all
+    processes take the same steps and draw the same random numbers.
     """
     order = indices[torch.randperm(len(indices), generator=generator)]
-    usable = len(order) - len(order) % batch_size if drop_last else len(order)
+    usable = len(order) - len(order) % batch_size if drop_last or world_size > 1 else len(order)
+    order = _share(order[:usable], batch_size, rank, world_size)
+    usable = len(order)
+    batch_size //= world_size
     if split.in_memory:
         for start in range(0, usable, batch_size):
             index = order[start : start + batch_size]
@@ -47,16 +56,31 @@ def training_batches(
         yield inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True), index.to(device)
 
 
+def _share(order: Tensor, batch_size: int, rank: int, world_size: int) -> Tensor:
+    """This process's part of every global batch, in order."""
+    if world_size == 1:
+        return order
+    if batch_size % world_size:
+        raise KdcoreError(f"batch_size {batch_size} must be divisible by the {world_size} processes")
+    local = batch_size // world_size
+    return torch.cat([
+        order[start + rank * local : start + (rank + 1) * local] for start in range(0, len(order), batch_size)
+    ])
+
+
 def evaluation_batches(
-    split: Split, batch_size: int, device: torch.device, num_workers: int
+    split: Split, batch_size: int, device: torch.device, num_workers: int, rank: int = 0, world_size: int = 1
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """``(inputs, labels, sample index)`` in order, without augmentation."""
+    """``(inputs, labels, sample index)`` in order, without augmentation; with several
+    processes, every ``world_size``-th sample from ``rank`` on."""
+    positions = torch.arange(rank, len(split), world_size)
     if split.in_memory:
-        for start in range(0, len(split), batch_size):
-            index = torch.arange(start, min(start + batch_size, len(split)))
+        for start in range(0, len(positions), batch_size):
+            index = positions[start : start + batch_size]
             yield split.inputs[index].to(device), split.labels[index].to(device), index.to(device)
         return
-    loader = DataLoader(_Indexed(split.inputs), batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(_Indexed(split.inputs), batch_size=batch_size, num_workers=num_workers,
+                        sampler=positions.tolist())
     for inputs, labels, index in loader:
         yield inputs.to(device), labels.to(device), index.to(device)
 

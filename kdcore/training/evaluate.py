@@ -10,14 +10,17 @@ student's error) and ``ce_to_true`` = mean −Σ p* log q.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdcore import distributed
 from kdcore.nn import Split
 from kdcore.training.batches import evaluation_batches
+from kdcore.training.performance import Performance
 
 
 ECE_BINS = 15
@@ -31,20 +34,31 @@ def evaluate(
     batch_size: int,
     transform: Callable[[Tensor], Tensor] | None = None,
     num_workers: int = 0,
+    performance: Performance | None = None,
 ) -> dict[str, float]:
+    """Metrics over the whole split; with several processes each evaluates its share and the
+    sums are added up across them."""
     was_training = model.training
     model.eval()
     totals: dict[str, Tensor] = {}
     count = 0
-    for inputs, labels, index in evaluation_batches(split, batch_size, device, num_workers):
+    shard = (distributed.rank(), distributed.world_size())
+    for inputs, labels, index in evaluation_batches(split, batch_size, device, num_workers, *shard):
         if transform is not None:
             inputs = transform(inputs)
-        logits = model(inputs).float()
+        if performance is not None:
+            inputs = performance.inputs(inputs)
+        with performance.autocast() if performance is not None else contextlib.nullcontext():
+            logits = model(inputs).float()
         true_probs = split.true_probs[index.cpu()].to(device) if split.true_probs is not None else None
         for name, value in _batch_sums(logits, labels, true_probs).items():
             totals[name] = totals.get(name, 0) + value
         count += len(labels)
     model.train(was_training)
+    if distributed.active():
+        totals = {name: distributed.sum_across_ranks(torch.as_tensor(total, device=device).clone())
+                  for name, total in totals.items()}
+        count = int(distributed.sum_across_ranks(torch.tensor(count, device=device)))
     bins = totals.pop("ece_bins")
     metrics = {name: float(total) / count for name, total in totals.items()}
     metrics["top1"] *= 100

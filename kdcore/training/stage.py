@@ -13,13 +13,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from kdcore import distributed
 from kdcore.errors import NonFiniteLossError
 from kdcore.nn import Batch, DatasetBundle, Split
 from kdcore.progress import ProgressSink
 from kdcore.recipe import RuntimeConfig, StageConfig
 from kdcore.training.batches import training_batches
-from kdcore.training.checkpoint import load_state, save_state, save_weights
+from kdcore.training.checkpoint import load_state, save_state, save_weights, write_json
 from kdcore.training.evaluate import evaluate
+from kdcore.training.performance import Performance
 from kdcore.training.schedule import build_optimizer, learning_rate, set_learning_rate
 
 StepLoss = Callable[[Batch], tuple[Tensor, dict[str, Tensor]]]
@@ -39,6 +41,9 @@ class Stage:
     ``trainable`` holds everything the optimiser updates (``trainable["model"]`` is the network
     whose weights the stage produces; other entries are, e.g., distillers' own parameters).
     ``evaluated`` is the classifier whose held-out metrics are logged each epoch (``None``: none).
+    ``after_backward`` runs between the backward pass and the optimiser step (averaging the
+    gradients that DistributedDataParallel does not). With several processes, only rank 0
+    writes files; all of them read the checkpoint to resume.
     """
 
     name: str
@@ -54,6 +59,8 @@ class Stage:
     seed: int
     progress: ProgressSink
     evaluated: nn.Module | None
+    performance: Performance
+    after_backward: Callable[[], None] | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -69,18 +76,34 @@ class Stage:
         self.progress.begin(
             self.run, self.name, steps_per_epoch * self.config.epochs, steps_per_epoch * start_epoch
         )
+        writes = distributed.is_main()
         for epoch in range(start_epoch, self.config.epochs):
             record = self._train_epoch(epoch, optimizer, generator, steps_per_epoch)
-            with (self.directory / METRICS).open("a") as log:
-                log.write(json.dumps(record) + "\n")
-            if MODEL_SELECTION in record and (best is None or record[MODEL_SELECTION] > best[1]):
+            improved = MODEL_SELECTION in record and (best is None or record[MODEL_SELECTION] > best[1])
+            if improved:
                 best = (record["epoch"], record[MODEL_SELECTION])
-                save_weights(self.model, self.directory / BEST_WEIGHTS)
+            if writes:
+                with (self.directory / METRICS).open("a") as log:
+                    log.write(json.dumps(record) + "\n")
+                if improved:
+                    save_weights(self.model, self.directory / BEST_WEIGHTS)
             last = epoch + 1 == self.config.epochs
-            if last or (epoch + 1) % self.runtime.checkpoint_every == 0:
+            if writes and (last or (epoch + 1) % self.runtime.checkpoint_every == 0):
                 self._checkpoint(epoch + 1, optimizer, generator)
-        save_weights(self.model, self.directory / WEIGHTS)
+        self._check_ranks_agree()
+        if writes:
+            save_weights(self.model, self.directory / WEIGHTS)
+        distributed.barrier()
         self.progress.end(self.run, self.name)
+
+    def _check_ranks_agree(self) -> None:
+        """With several processes, record whether every rank ended with the same weights."""
+        if not distributed.active():
+            return
+        identical = distributed.identical_across_ranks(self.model)
+        if distributed.is_main():
+            write_json(self.directory / "distributed.json",
+                       {"world_size": distributed.world_size(), "identical_weights": identical})
 
     def _train_epoch(
         self, epoch: int, optimizer: torch.optim.Optimizer, generator: torch.Generator, steps: int
@@ -95,16 +118,19 @@ class Stage:
         for inputs, labels, index in self._batches(generator):
             labeled = self.data.train.labeled
             batch = Batch(
-                inputs=inputs,
+                inputs=self.performance.inputs(inputs),
                 labels=labels,
                 index=index,
                 epoch=epoch,
                 epochs=self.config.epochs,
                 labeled=labeled[index.cpu()].to(self.device) if labeled is not None else None,
             )
-            total, terms = self.step_loss(batch)
+            with self.performance.autocast():
+                total, terms = self.step_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
+            if self.after_backward is not None:
+                self.after_backward()
             optimizer.step()
             for term, value in {"loss": total, **terms}.items():
                 sums[term] = sums.get(term, 0) + value.detach()
@@ -112,6 +138,9 @@ class Stage:
             if step - reported >= report_every and step < steps:
                 self.progress.advance(self.run, self.name, step - reported)
                 reported = step
+        if distributed.active():
+            stacked = distributed.sum_across_ranks(torch.stack([torch.as_tensor(v).float() for v in sums.values()]))
+            sums = dict(zip(sums, stacked / distributed.world_size()))
         means = {term: float(value) / max(step, 1) for term, value in sums.items()}
         for term, value in means.items():
             if not math.isfinite(value):
@@ -126,7 +155,7 @@ class Stage:
             held_out, split = self._held_out()
             metrics = evaluate(
                 self.evaluated, split, self.device, self.config.eval_batch_size,
-                self.data.eval_transform, self.runtime.num_workers,
+                self.data.eval_transform, self.runtime.num_workers, self.performance,
             )
             if not math.isfinite(metrics["nll"]):
                 raise NonFiniteLossError(
@@ -150,11 +179,13 @@ class Stage:
             self.device,
             self.data.train_transform,
             self.runtime.num_workers,
+            distributed.rank(),
+            distributed.world_size(),
         )
 
     def _steps_per_epoch(self) -> int:
         count, size = len(self.train_indices), self.config.batch_size
-        return count // size if self.config.drop_last else -(-count // size)
+        return count // size if self.config.drop_last or distributed.active() else -(-count // size)
 
     def _held_out(self) -> tuple[str, Split]:
         """Per-epoch metrics use the validation split, or the test split when there is none."""
@@ -179,7 +210,8 @@ class Stage:
         path = self.directory / CHECKPOINT
         metrics = self.directory / METRICS
         if not path.exists():
-            metrics.unlink(missing_ok=True)
+            if distributed.is_main():
+                metrics.unlink(missing_ok=True)
             return 0
         state = load_state(path)
         self.trainable.load_state_dict(state["trainable"])
@@ -189,7 +221,7 @@ class Stage:
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         done = state["epochs_done"]
-        if metrics.exists():
+        if metrics.exists() and distributed.is_main():
             kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["epoch"] <= done]
             metrics.write_text("".join(line + "\n" for line in kept))
         return done

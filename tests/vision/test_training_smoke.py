@@ -5,6 +5,7 @@ fixtures, shrunk with ``--set`` to one or two epochs of small networks."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,23 @@ def test_binary_cifar_recipe_runs_with_two_classes(write_cifar10, tmp_path, monk
             assert [tuple(h.shape) for h in heads] == [(2, width)], stage
         (student,) = records(variant / "student/metrics.jsonl")
         assert {"train/ce", "train/kd"} <= set(student)
+
+
+def test_gpu_speed_settings_also_run_on_cpu(write_cifar100, tmp_path, monkeypatch, capsys):
+    """bf16 autocast, channels-last images and device-resident data (the defaults on a GPU),
+    forced on here: the run trains and its losses stay finite."""
+    root = tmp_path / "data"
+    write_cifar100(root, train=64, test=32)
+    run = tmp_path / "run"
+    code, _, err = run_cli(
+        monkeypatch, capsys, "run", RECIPES / "cifar100/table2_resnet110_resnet20.yaml", "--run-dir", run,
+        "--set", f"data.params.root={root}", *sum((["--set", s] for s in SMALL), []),
+        "--set", "teacher.arch.name=resnet8", "--set", "student.arch.name=resnet8",
+        "--set", "teacher.epochs=1", "--set", "student.epochs=1",
+        "--set", "matrix={seed: [0]}", "--set", "teacher.objective.name=mse",
+        "--set", "runtime.precision=bf16", "--set", "runtime.channels_last=true", "--set", "runtime.data_on_device=true",
+    )
+    assert code == 0, err
+    (student,) = records(run / "seed=0" / "student/metrics.jsonl")
+    assert {"train/at", "train/kd"} <= set(student)
+    assert all(math.isfinite(v) for k, v in student.items() if k.startswith("train/"))
