@@ -148,32 +148,20 @@ class Run:
         torch.manual_seed(stage_seed(self.recipe.seed, "student-init"))
         student, student_paths = build_network(self.registry, config.arch, data)
         self.performance.network(student)
-        probe = self.performance.inputs(_probe_inputs(data).to(self.device))
         teacher_paths: dict[str, TapPath] = {}
         if teacher is not None:
             teacher.eval().requires_grad_(False)
             _, teacher_paths = build_network(self.registry, self.recipe.teacher.arch, data)
-        context = DistillerContext(
-            student=student,
-            teacher=teacher,
-            student_shapes=_probe_shapes(student, student_paths, probe),
-            teacher_shapes=_probe_shapes(teacher, teacher_paths, probe) if teacher is not None else {},
-            num_classes=data.num_classes,
-            train_size=len(data.train),
-            train_labels=_usable_labels(data.train),
-            epochs=config.epochs,
-            teacher_features=_all_features(teacher, teacher_paths) if teacher is not None else None,
-            train_true_probs=data.train.true_probs,
-        )
+        context = self._distiller_context(data, student, student_paths, teacher, teacher_paths)
         distillers = [build_component(self.registry, ref, context).to(self.device) for ref in config.distillers]
+        needing_teacher = [ref.term for ref, d in zip(config.distillers, distillers) if d.teacher_taps]
+        if teacher is None and needing_teacher:
+            raise KdcoreError(f"distiller '{needing_teacher[0]}' reads the teacher's features; add a teacher stage")
         expander = _batch_expander(config.distillers, distillers)
         self._prepare(config, distillers, data)
         student_features = FeatureRecorder(student, student_paths, _wanted(distillers, "student_taps"),
                                            forward=distributed.wrap(student))
         if teacher is None:
-            needing = [ref.term for ref, d in zip(config.distillers, distillers) if d.teacher_taps]
-            if needing:
-                raise KdcoreError(f"distiller '{needing[0]}' reads the teacher's features; add a teacher stage")
             teacher_features = None
             teacher_targets: Callable[[Batch], Features] = lambda batch: {}
         else:
@@ -207,6 +195,22 @@ class Run:
         if teacher_features is not None:
             teacher_features.remove()
         return student, distillers
+
+    def _distiller_context(self, data: DatasetBundle, student: nn.Module, student_paths: dict[str, TapPath],
+                           teacher: nn.Module | None, teacher_paths: dict[str, TapPath]) -> DistillerContext:
+        probe = self.performance.inputs(_probe_inputs(data).to(self.device))
+        return DistillerContext(
+            student=student,
+            teacher=teacher,
+            student_shapes=_probe_shapes(student, student_paths, probe),
+            teacher_shapes=_probe_shapes(teacher, teacher_paths, probe) if teacher is not None else {},
+            num_classes=data.num_classes,
+            train_size=len(data.train),
+            train_labels=_usable_labels(data.train),
+            epochs=self.recipe.student.epochs,
+            teacher_features=_all_features(teacher, teacher_paths) if teacher is not None else None,
+            train_true_probs=data.train.true_probs,
+        )
 
     def _prepare(self, config: StudentStage, distillers: list[Distiller], data: DatasetBundle) -> None:
         """Run the preparation stage of every distiller that declares one (teacher frozen).
