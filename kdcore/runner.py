@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@contextlib.contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """Deterministic kernels for the run, restoring the caller's settings afterwards.
+
+    PyTorch's deterministic mode also fills every new tensor with NaN by default, to expose
+    reads of uninitialised memory; that costs about a tenth of a CPU training step and changes
+    no result of correct kernels, so it is switched off.
+    """
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.utils.deterministic.fill_uninitialized_memory = before[2]
+
+
 def stage_seed(seed: int, purpose: str) -> int:
     """Independent seeds per purpose, so that loading a teacher instead of training it does not
     change the student's initialisation or batch order."""
@@ -83,7 +102,10 @@ class Run:
         self.performance = Performance.resolve(recipe.runtime, self.device)
 
     def execute(self) -> dict[str, Any]:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        with deterministic_algorithms():
+            return self._execute()
+
+    def _execute(self) -> dict[str, Any]:
         data = build_component(self.registry, self.recipe.data, DatasetContext(seed=self.recipe.seed))
         self.performance.place(data)
         summary: dict[str, Any] = {}

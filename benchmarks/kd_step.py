@@ -1,0 +1,390 @@
+"""Throughput of kdcore's KD training step against a peer-style reference loop.
+
+Both run in this process, on the same synthetic CIFAR-100-shaped data (random uint8 images,
+100 classes), with the same teacher weights, the same architectures, batch size, optimiser
+and number of steps:
+
+* **kdcore**: the student stage of :class:`kdcore.runner.Run` (KD T=4 weight 0.9, CE weight
+  0.1, SGD lr 0.05 momentum 0.9 wd 5e-4, the runtime defaults of the device unless
+  ``--kdcore-runtime`` says otherwise), fed by kdcore's in-memory path: uint8 batches sliced
+  from a tensor and augmented on the batch's device with the cifar100 plugin's
+  ``CropFlipNormalize``. The stage is one epoch of ``10·ceil(steps/8)`` steps; its progress
+  reports (every tenth of the epoch) are timestamped, and the ``8·ceil(steps/8)`` steps between
+  the first and the last report inside the epoch are timed: not the first tenth of the epoch
+  (fresh optimiser state), nor the held-out evaluation at its end.
+* **reference**: a loop written as RepDistiller / mdistiller write theirs: a Dataset of PIL
+  images with torchvision RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor and
+  Normalize, a shuffling DataLoader with ``--workers`` processes, fp32, the teacher in eval
+  mode under ``torch.no_grad()``, ``0.1·CE + 0.9·KL(batchmean)·T²`` and an SGD step. Its first
+  ``4 × workers`` steps (at least 5) start the workers and fill the loader's prefetch queue
+  and are not timed; as many steps after them as kdcore's timed window are.
+
+Prints images/s of each, their ratio, the FLOPs of one training image (teacher forward + 3 ×
+student forward, counted with FlopCounterMode) and, on CUDA, each side's fraction of the
+arithmetic ceiling ``--peak-tflops`` / FLOPs per image.
+
+    .venv/bin/python benchmarks/kd_step.py                       # CPU defaults: resnet56 -> resnet20
+    .venv/bin/python benchmarks/kd_step.py --device cuda         # resnet32x4 -> resnet8x4
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import transforms
+
+from kdcore.api import ArchitectureContext, DatasetSpec
+from kdcore.nn import DatasetBundle, Split
+from kdcore.progress import ProgressSink
+from kdcore.recipe import Recipe
+from kdcore.registry import PluginInfo, Registry, load_registry
+from kdcore.runner import Run
+from kdcore.training.checkpoint import save_weights
+from kdcore_vision.datasets.cifar import CIFAR100
+from kdcore_vision.transforms import CropFlipNormalize, Normalize
+
+NUM_CLASSES = 100
+IMAGE_SHAPE = (3, 32, 32)
+DATASET = "bench-cifar100"
+TEST_SIZE = 8  # the held-out split that each kdcore epoch evaluates (not timed)
+TEMPERATURE = 4.0
+KD_WEIGHT = 0.9
+CE_WEIGHT = 0.1
+LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
+
+
+# --------------------------------------------------------------------------- data
+
+def synthetic_images(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random uint8 images (count, 3, 32, 32) and labels in 0..99."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (count, *IMAGE_SHAPE), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, NUM_CLASSES, (count,), generator=generator)
+    return images, labels
+
+
+def kdcore_registry(base: Registry, train_size: int, test_size: int) -> Registry:
+    """The installed plugins plus ``bench-cifar100``: the cifar100 plugin's in-memory form and
+    batch transforms, on random images."""
+
+    def build(params, ctx) -> DatasetBundle:
+        train_inputs, train_labels = synthetic_images(train_size, seed=1)
+        test_inputs, test_labels = synthetic_images(test_size, seed=2)
+        return DatasetBundle(
+            num_classes=NUM_CLASSES,
+            input_shape=IMAGE_SHAPE,
+            train=Split(inputs=train_inputs, labels=train_labels),
+            test=Split(inputs=test_inputs, labels=test_labels),
+            train_transform=CropFlipNormalize(CIFAR100.mean, CIFAR100.std),
+            eval_transform=Normalize(CIFAR100.mean, CIFAR100.std),
+        )
+
+    patched = Registry(plugins=base.plugins, components=copy.deepcopy(base.components))
+    patched.add("dataset", DatasetSpec(name=DATASET, summary="benchmark", build=build),
+                PluginInfo("bench", "benchmarks", "0"))
+    return patched
+
+
+class PilImages(Dataset):
+    """CIFAR as torchvision holds it: HWC uint8 arrays, a PIL image per item."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.data = images.permute(0, 2, 3, 1).contiguous().numpy()
+        self.targets = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        image = self.transform(Image.fromarray(self.data[index]))
+        return image, self.targets[index]
+
+
+# --------------------------------------------------------------------------- models
+
+def build_arch(registry: Registry, name: str) -> nn.Module:
+    spec = registry.get("architecture", name).spec
+    params = spec.params.model_validate({})
+    return spec.builder()(params, ArchitectureContext(NUM_CLASSES, IMAGE_SHAPE))
+
+
+def forward_flops(model: nn.Module, inputs: torch.Tensor) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(inputs)
+    return counter.get_total_flops()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --------------------------------------------------------------------------- kdcore
+
+def kdcore_recipe(args, registry: Registry, teacher_checkpoint: Path) -> Recipe:
+    data = {
+        "name": "kd-step-benchmark",
+        "seed": 0,
+        "data": {"name": DATASET},
+        "optimizer": {"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},
+        "teacher": {"arch": {"name": args.teacher}, "checkpoint": str(teacher_checkpoint)},
+        "student": {
+            "arch": {"name": args.student},
+            "ce_weight": CE_WEIGHT,
+            "distillers": [{"name": "kd", "weight": KD_WEIGHT,
+                            "params": {"temperature": TEMPERATURE, "scale_by_t2": True}}],
+            "epochs": 1,
+            "batch_size": args.batch_size,
+            "eval_batch_size": args.batch_size,
+        },
+        "runtime": {"device": str(args.device), "num_workers": 0, **args.kdcore_runtime},
+    }
+    return Recipe.model_validate(data, context={"registry": registry})
+
+
+class StepClock(ProgressSink):
+    """Timestamps the student stage's progress reports, which the epoch loop sends every
+    ``steps // 10`` steps (on CUDA after a synchronize): the steps between the first and the last
+    report inside the epoch are timed, so neither the first steps (fresh optimiser state) nor the
+    held-out evaluation at the end of the epoch count."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.done = 0
+        self.marks: list[tuple[int, float]] = []
+
+    def begin(self, run: str, stage: str, total_steps: int, done_steps: int) -> None:
+        self.done = done_steps
+        self.marks = []
+
+    def advance(self, run: str, stage: str, steps: int, status: str | None = None) -> None:
+        self.done += steps
+        if stage == "student" and status is None:  # the last report of an epoch carries a status
+            synchronize(self.device)
+            self.marks.append((self.done, time.perf_counter()))
+
+
+def kdcore_steps(timed: int) -> int:
+    """Steps of the kdcore epoch: with reports every ``total // 10`` steps, ``10·r`` steps give
+    reports at r, 2r, …, 9r and a timed window of ``8·r ≥ timed`` steps."""
+    return 10 * -(-timed // 8)
+
+
+def time_kdcore(args, base: Registry, teacher_checkpoint: Path, steps: int, workdir: Path) -> dict:
+    """One kdcore run whose student stage is one epoch of :func:`kdcore_steps` steps."""
+    total = kdcore_steps(steps)
+    registry = kdcore_registry(base, total * args.batch_size, TEST_SIZE)
+    recipe = kdcore_recipe(args, registry, teacher_checkpoint)
+    directory = Path(tempfile.mkdtemp(dir=workdir))
+    clock = StepClock(args.device)
+    Run(recipe, directory, registry, "", clock).execute()  # restores the caller's deterministic settings
+    if len(clock.marks) < 2:
+        raise RuntimeError("the student stage reported progress fewer than twice within its epoch; "
+                           "cannot time its steps")
+    (first_step, first_time), (last_step, last_time) = clock.marks[0], clock.marks[-1]
+    return {"steps": last_step - first_step, "seconds": last_time - first_time, "skipped": first_step}
+
+
+# --------------------------------------------------------------------------- reference
+
+def time_reference(args, teacher: nn.Module, steps: int) -> dict:
+    """The peer-style loop: ``skip`` untimed steps that fill the prefetch queue, then ``steps``."""
+    device = args.device
+    skip = max(5, 4 * args.workers)
+    images, labels = synthetic_images((skip + steps) * args.batch_size, seed=1)
+    transform = transforms.Compose([
+        transforms.RandomCrop(32, padding=4),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(CIFAR100.mean, CIFAR100.std),
+    ])
+    loader = DataLoader(PilImages(images, labels, transform), batch_size=args.batch_size, shuffle=True,
+                        num_workers=args.workers, pin_memory=device.type == "cuda")
+    torch.manual_seed(0)
+    student = build_arch(load_registry_cached(), args.student).to(device)
+    optimizer = torch.optim.SGD(student.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    teacher.eval()
+    student.train()
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True  # as RepDistiller and mdistiller set it
+    total = torch.zeros((), device=device)
+    started = None
+    try:
+        for step, (inputs, targets) in enumerate(loader):
+            if step == skip:
+                synchronize(device)
+                started = time.perf_counter()
+            inputs = inputs.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            with torch.no_grad():
+                teacher_logits = teacher(inputs)
+            logits = student(inputs)
+            ce = F.cross_entropy(logits, targets)
+            kd = F.kl_div(F.log_softmax(logits / TEMPERATURE, dim=1),
+                          F.softmax(teacher_logits / TEMPERATURE, dim=1),
+                          reduction="batchmean") * TEMPERATURE**2
+            loss = CE_WEIGHT * ce + KD_WEIGHT * kd
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+        synchronize(device)
+        seconds = time.perf_counter() - started
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+    if not torch.isfinite(total):
+        raise RuntimeError("reference loop: non-finite loss")
+    return {"steps": steps, "seconds": seconds, "skipped": skip}
+
+
+_REGISTRY: Registry | None = None
+
+
+def load_registry_cached() -> Registry:
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = load_registry()
+    return _REGISTRY
+
+
+# --------------------------------------------------------------------------- main
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--teacher", help="default: resnet32x4 on CUDA, resnet56 on CPU")
+    parser.add_argument("--student", help="default: resnet8x4 on CUDA, resnet20 on CPU")
+    parser.add_argument("--steps", type=int, help="timed steps per side, rounded up to a multiple of 8; default 200 on CUDA, 32 on CPU")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, help="reference DataLoader workers; default 8 on CUDA, 2 on CPU")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="timed runs per side, alternating; the median is reported (default 1)")
+    parser.add_argument("--warmup-steps", type=int, default=2, help="steps of the untimed warm-up runs")
+    parser.add_argument("--kdcore-runtime", action="append", default=[], metavar="KEY=VALUE",
+                        help="a runtime setting of the kdcore recipe (YAML value), e.g. precision=fp32; "
+                             "repeatable. Default: kdcore's own defaults for the device")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--peak-tflops", type=float, default=790.0,
+                        help="peak dense bf16 TFLOP/s for the ceiling (CUDA only); default 790, an H200 "
+                             "as measured in the issue")
+    args = parser.parse_args(argv)
+    runtime = {}
+    for setting in args.kdcore_runtime:
+        key, separator, value = setting.partition("=")
+        if not separator:
+            parser.error(f"--kdcore-runtime {setting!r}: expected KEY=VALUE")
+        runtime[key] = yaml.safe_load(value)
+    args.kdcore_runtime = runtime
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = torch.device(args.device)
+    cuda = args.device.type == "cuda"
+    args.teacher = args.teacher or ("resnet32x4" if cuda else "resnet56")
+    args.student = args.student or ("resnet8x4" if cuda else "resnet20")
+    args.steps = args.steps or (200 if cuda else 32)
+    args.workers = args.workers if args.workers is not None else (8 if cuda else 2)
+    if args.steps < 1 or args.batch_size < 1 or args.repeats < 1 or args.warmup_steps < 1:
+        parser.error("--steps, --batch-size, --repeats and --warmup-steps must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    registry = load_registry_cached()
+    with tempfile.TemporaryDirectory(prefix="kd-step-") as tmp:
+        workdir = Path(tmp)
+        torch.manual_seed(0)
+        teacher = build_arch(registry, args.teacher)
+        checkpoint = workdir / "teacher.safetensors"
+        save_weights(teacher, checkpoint)
+        teacher.to(device).eval().requires_grad_(False)
+
+        probe = torch.randn(args.batch_size, *IMAGE_SHAPE, device=device)
+        student_probe = build_arch(registry, args.student).to(device)
+        flops_per_image = (forward_flops(teacher, probe) + 3 * forward_flops(student_probe, probe)) / args.batch_size
+        del student_probe
+
+        # warm-up: imports, allocator, kernels, worker start-up
+        time_kdcore(args, registry, checkpoint, args.warmup_steps, workdir)
+        time_reference(args, teacher, args.warmup_steps)
+
+        kdcore_runs, reference_runs = [], []
+        for _ in range(args.repeats):
+            kdcore_runs.append(time_kdcore(args, registry, checkpoint, args.steps, workdir))
+            reference_runs.append(time_reference(args, teacher, kdcore_runs[-1]["steps"]))
+
+    kdcore_ips = statistics.median(r["steps"] * args.batch_size / r["seconds"] for r in kdcore_runs)
+    reference_ips = statistics.median(r["steps"] * args.batch_size / r["seconds"] for r in reference_runs)
+    result = {
+        "device": describe_device(device),
+        "threads": torch.get_num_threads(),
+        "teacher": args.teacher,
+        "student": args.student,
+        "batch_size": args.batch_size,
+        "steps": kdcore_runs[0]["steps"],
+        "kdcore_skipped_steps": kdcore_runs[0]["skipped"],
+        "reference_skipped_steps": reference_runs[0]["skipped"],
+        "repeats": args.repeats,
+        "workers": args.workers,
+        "kdcore_images_per_s": kdcore_ips,
+        "reference_images_per_s": reference_ips,
+        "ratio": kdcore_ips / reference_ips,
+        "gflops_per_image": flops_per_image / 1e9,
+    }
+    if device.type == "cuda":
+        ceiling = args.peak_tflops * 1e12 / flops_per_image
+        result.update(peak_tflops=args.peak_tflops, ceiling_images_per_s=ceiling,
+                      kdcore_fraction_of_ceiling=kdcore_ips / ceiling,
+                      reference_fraction_of_ceiling=reference_ips / ceiling)
+    print_table(result)
+    return result
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def print_table(r: dict) -> None:
+    print(f"KD step: {r['teacher']} -> {r['student']}, batch {r['batch_size']}, {r['steps']} timed steps, "
+          f"median of {r['repeats']}, on {r['device']}; reference DataLoader workers {r['workers']}")
+    print(f"training FLOPs per image (teacher fwd + 3 x student fwd): {r['gflops_per_image']:.4f} GFLOP")
+    rows = [("kdcore", f"{r['kdcore_images_per_s']:.1f}"),
+            ("reference (peer-style)", f"{r['reference_images_per_s']:.1f}")]
+    if "ceiling_images_per_s" in r:
+        rows.append((f"ceiling at {r['peak_tflops']:g} TFLOP/s", f"{r['ceiling_images_per_s']:.0f}"))
+    width = max(len(name) for name, _ in rows)
+    print(f"{'':{width}}  images/s")
+    for name, value in rows:
+        print(f"{name:{width}}  {value:>8}")
+    print(f"ratio kdcore/reference: {r['ratio']:.3f}")
+    if "kdcore_fraction_of_ceiling" in r:
+        print(f"kdcore fraction of ceiling: {r['kdcore_fraction_of_ceiling']:.4f} "
+              f"(reference {r['reference_fraction_of_ceiling']:.4f})")
+    print(f"(untimed first steps: kdcore {r['kdcore_skipped_steps']}, reference {r['reference_skipped_steps']}; "
+          f"kdcore's held-out evaluation not timed)")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
