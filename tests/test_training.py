@@ -227,3 +227,18 @@ def test_non_finite_outputs_on_held_out_data_stop_the_stage(registry, write_reci
     [variant] = load_variants(write_recipe(TINY_TOY), [], registry)[1]
     with pytest.raises(NonFiniteLossError, match=r"teacher stage, epoch 1: the network's outputs on the val split are not finite"):
         Run(variant.recipe, tmp_path / "run", registry, "", ProgressSink()).execute()
+
+
+def test_a_run_is_deterministic_inside_and_restores_the_callers_settings(registry, write_recipe, tmp_path):
+    seen = {}
+
+    class Spy(ProgressSink):
+        def begin(self, run, stage, total_steps, done_steps):
+            seen[stage] = (torch.are_deterministic_algorithms_enabled(),
+                           torch.utils.deterministic.fill_uninitialized_memory)
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
+    [variant] = load_variants(write_recipe(TINY_TOY), [], registry)[1]
+    Run(variant.recipe, tmp_path / "run", registry, "", Spy()).execute()
+    assert seen == {"teacher": (True, False), "student": (True, False)}
+    assert (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory) == before
