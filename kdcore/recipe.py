@@ -161,6 +161,12 @@ class StudentStage(StageConfig):
     )
     distillers: list[DistillerRef] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _learns_something(self) -> StudentStage:
+        if self.ce_weight == 0 and not any(d.weight > 0 for d in self.distillers):
+            raise ValueError("the student has nothing to learn from: give ce_weight > 0 or a distiller with weight > 0")
+        return self
+
     @field_validator("distillers")
     @classmethod
     def _unique_terms(cls, distillers: list[DistillerRef]) -> list[DistillerRef]:

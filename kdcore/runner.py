@@ -198,9 +198,14 @@ class Run:
             features = student_features(batch.inputs)
             targets = teacher_targets(batch)
             logits = features["logits"] if batch.primary is None else features["logits"][batch.primary]
-            ce = _cross_entropy(logits, batch.labels, batch.labeled)
+            if config.ce_weight > 0:
+                ce = _cross_entropy(logits, batch.labels, batch.labeled)
+                total = config.ce_weight * ce
+            else:  # logged only: no gradient work for a term of weight 0
+                with torch.no_grad():
+                    ce = _cross_entropy(logits, batch.labels, batch.labeled)
+                total = 0.0
             terms = {"ce": ce}
-            total = config.ce_weight * ce
             for ref, distiller in zip(config.distillers, distillers):
                 losses = distiller(features, targets, batch)
                 for key, value in losses.items():

@@ -168,3 +168,9 @@ def test_set_replaces_a_matrix_axis_whose_key_is_a_dotted_path(write_recipe, reg
 def test_a_recipe_needs_at_least_one_stage(write_recipe, registry):
     message = error_of(write_recipe("name: empty\ndata: {name: gaussian}\noptimizer: {lr: 0.1}\n"), registry)
     assert "a recipe needs a teacher stage, a student stage, or both" in message
+
+
+def test_a_student_with_nothing_to_learn_from_is_rejected(write_recipe, registry):
+    recipe = dict(TINY_TOY)
+    recipe["student"] = dict(TINY_TOY["student"], ce_weight=0.0, distillers=[])
+    assert "the student has nothing to learn from" in error_of(write_recipe(recipe), registry)

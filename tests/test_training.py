@@ -242,3 +242,13 @@ def test_a_run_is_deterministic_inside_and_restores_the_callers_settings(registr
     Run(variant.recipe, tmp_path / "run", registry, "", Spy()).execute()
     assert seen == {"teacher": (True, False), "student": (True, False)}
     assert (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory) == before
+
+
+def test_cross_entropy_of_weight_zero_is_logged_but_not_trained_on(write_recipe, tmp_path, monkeypatch, capsys):
+    recipe = copy.deepcopy(TINY_TOY)
+    recipe["student"]["ce_weight"] = 0.0
+    assert run_cli(monkeypatch, capsys, "run", write_recipe(recipe), "--run-dir", tmp_path / "r")[0] == 0
+    log = [json.loads(line) for line in (tmp_path / "r/student/metrics.jsonl").read_text().splitlines()]
+    for record in log:
+        assert record["train/ce"] > 0
+        assert record["train/loss"] == pytest.approx(0.5 * record["train/kd"], rel=1e-5)

@@ -20,6 +20,7 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: OptimizerC
         momentum=config.momentum,
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
+        foreach=True,  # one fused update for all tensors; PyTorch picks it on GPUs only by default
     )
 
 

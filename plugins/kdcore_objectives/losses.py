@@ -1,5 +1,6 @@
 """Teacher objectives as modules mapping (logits, labels) to a scalar loss."""
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -31,8 +32,8 @@ class SoftmaxMSE(nn.Module):
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         probabilities = logits.float().softmax(dim=1)
-        one_hot = F.one_hot(labels, self.num_classes).to(probabilities.dtype)
-        squared_distance = (probabilities - one_hot).pow(2).sum(dim=1).mean()
+        one_hot = torch.zeros_like(probabilities).scatter_(1, labels[:, None], 1.0)
+        squared_distance = F.mse_loss(probabilities, one_hot, reduction="sum") / len(labels)
         if self.per_class:
             squared_distance = squared_distance / self.num_classes
         return squared_distance * self.scale
