@@ -62,6 +62,14 @@ def kl_batchmean(student_logits: Tensor, teacher_logits: Tensor, temperature: fl
     return kl * temperature**2
 
 
+def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    """The residual path: identity, or a strided 1×1 conv + BN when the shape changes."""
+    if stride == 1 and in_channels == out_channels:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                         nn.BatchNorm2d(out_channels))
+
+
 class BasicBlock(nn.Module):
     """3×3 conv (stride s) – BN – ReLU – 3×3 conv – BN, plus the input (through a 1×1 conv
     (stride s) – BN when the shape changes), then ReLU."""
@@ -72,11 +80,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.shortcut = (
-            nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                          nn.BatchNorm2d(out_channels))
-            if stride != 1 or in_channels != out_channels else nn.Identity()
-        )
+        self.shortcut = _shortcut(in_channels, out_channels, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -97,11 +101,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
-        self.shortcut = (
-            nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                          nn.BatchNorm2d(out_channels))
-            if stride != 1 or in_channels != out_channels else nn.Identity()
-        )
+        self.shortcut = _shortcut(in_channels, out_channels, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
