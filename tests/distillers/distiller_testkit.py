@@ -127,3 +127,15 @@ def assert_trains(losses: list[float], factor: float) -> None:
     """All losses are finite and the last is at most ``factor`` times the first."""
     assert all(torch.isfinite(torch.tensor(losses))), losses
     assert losses[-1] <= factor * losses[0], (losses[0], losses[-1])
+
+
+def pooled_student_losses(name: str, *, lr: float, **params: object) -> list[float]:
+    """:func:`train_losses` for a method on the ``pooled`` feature: a linear student (10 → 6,
+    ReLU) against a fixed random linear teacher (10 → 12, ReLU) on 16 inputs."""
+    torch.manual_seed(2)
+    inputs = torch.randn(16, 10)
+    with torch.no_grad():
+        teacher = {"pooled": torch.relu(nn.Linear(10, 12)(inputs))}
+    distiller = build(name, make_context({"pooled": (6,)}, {"pooled": (12,)}), **params)
+    return train_losses(distiller, nn.Linear(10, 6), lambda net: {"pooled": torch.relu(net(inputs))},
+                        teacher, make_batch(16), lr=lr)
