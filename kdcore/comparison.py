@@ -45,6 +45,14 @@ class Comparison:
         return [s for s in SELECTIONS if any(key[0] == s for key in self.cells)]
 
 
+def recipe_fields(recipe: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A resolved recipe as ``{"data.params.labeled": 500, ...}`` (matrix overrides left out)."""
+    if not isinstance(recipe, dict):
+        return {prefix.rstrip("."): recipe}
+    return {field: value for key, child in recipe.items() if key != "overrides"
+            for field, value in recipe_fields(child, f"{prefix}{key}.").items()}
+
+
 def method_of(recipe: dict[str, Any]) -> str:
     distillers = (recipe.get("student") or {}).get("distillers") or []
     return "+".join(d.get("label") or d["name"] for d in distillers) or "(labels only)"

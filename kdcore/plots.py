@@ -8,6 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kdcore import comparison
+
 if TYPE_CHECKING:
     from kdcore.comparison import Comparison
     from kdcore.report import RunResult
@@ -65,10 +67,9 @@ def bcpd_scatter(path: Path, results: list[RunResult]) -> Path:
 def objective_differences(path: Path, table: Comparison) -> list[Path]:
     """Bars of (student top-1 with this teacher objective) − (with a CE teacher), per method and
     pair, last-epoch weights. Nothing is drawn without a CE baseline and another objective."""
-    from kdcore.comparison import BASELINE_OBJECTIVE
-
-    others = [o for o in table.objectives if o != BASELINE_OBJECTIVE]
-    if BASELINE_OBJECTIVE not in table.objectives or not others:
+    baseline = comparison.BASELINE_OBJECTIVE
+    others = [o for o in table.objectives if o != baseline]
+    if baseline not in table.objectives or not others:
         return []
     plt = _pyplot()
     columns = [(pair, objective) for pair in table.pairs for objective in others]
@@ -80,7 +81,7 @@ def objective_differences(path: Path, table: Comparison) -> list[Path]:
         axis.bar(xs, [d or 0.0 for d in deltas], width, label=f"{pair} ({objective})", color=colour)
     axis.axhline(0, color="black", linewidth=0.8)
     axis.set_xticks([i + width * (len(columns) - 1) / 2 for i in range(len(table.methods))], table.methods)
-    return _finish(plt, figure, axis, path, "method", f"student top-1 difference to {BASELINE_OBJECTIVE} teacher (points)")
+    return _finish(plt, figure, axis, path, "method", f"student top-1 difference to {baseline} teacher (points)")
 
 
 def learning_curves(path: Path, results: list[RunResult]) -> list[Path]:
@@ -109,15 +110,12 @@ def accuracy_curve(path: Path, results: list[RunResult], field: str) -> list[Pat
     """Student test top-1 (mean ± std over seeds) against a numeric recipe field that varies
     between runs, one line per teacher objective and method: the paper's Fig. 2 when the
     field is the number of labelled images."""
-    from kdcore.comparison import method_of, objective_of
-    from kdcore.report import _flatten
-
     lines: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for result in results:
         top1 = result.metric("student", "test", "top1")
         if top1 is not None:
-            label = f"{objective_of(result.recipe)} teacher, {method_of(result.recipe)}"
-            lines[label][_flatten(result.recipe)[field]].append(top1)
+            label = f"{comparison.objective_of(result.recipe)} teacher, {comparison.method_of(result.recipe)}"
+            lines[label][comparison.recipe_fields(result.recipe)[field]].append(top1)
     if not lines:
         return []
     plt = _pyplot()

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from kdcore import comparison, plots
 from kdcore.errors import KdcoreError
 from kdcore.recipe_loader import variant_id
 from kdcore.runner import SUMMARY
@@ -65,9 +66,9 @@ class RunResult:
     @property
     def source(self) -> str:
         """What taught the student, for plot legends: the teacher's objective, else the method."""
-        from kdcore.comparison import method_of, objective_of
-
-        return f"{objective_of(self.recipe)} teacher" if "teacher" in self.summary else method_of(self.recipe)
+        if "teacher" in self.summary:
+            return f"{comparison.objective_of(self.recipe)} teacher"
+        return comparison.method_of(self.recipe)
 
 
 def collect(directories: list[Path]) -> list[RunResult]:
@@ -124,17 +125,9 @@ def format_cell(cell: tuple[float, float] | None) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def comparison_objective(recipe: dict[str, Any]) -> str:
-    from kdcore.comparison import objective_of
-
-    return objective_of(recipe)
-
-
 def write_report(directory: Path, results: list[RunResult]) -> list[Path]:
     """Write report.md and report.csv (per group of matrix values), the teacher-objective
     comparison (comparison.csv) and the plots that the runs support. Returns the paths."""
-    from kdcore import comparison, plots
-
     labels, rows = aggregate(results)
     written = [directory / "report.md", directory / "report.csv"]
     table = comparison.compare(results)
@@ -184,7 +177,7 @@ def teacher_ranking(results: list[RunResult]) -> str:
     for r in rows:
         m = r.summary["teacher"][split]
         arch = r.recipe["teacher"]["arch"]["name"]
-        lines.append(f"| {arch} | {comparison_objective(r.recipe)} | {r.recipe.get('seed', '')} | {m['top1']:.2f} | "
+        lines.append(f"| {arch} | {comparison.objective_of(r.recipe)} | {r.recipe.get('seed', '')} | {m['top1']:.2f} | "
                      f"{m['brier']:.4f} | {m['nll']:.4f} | {m['ece']:.4f} |")
     return "\n".join(lines) + "\n"
 
@@ -192,18 +185,11 @@ def teacher_ranking(results: list[RunResult]) -> str:
 def varying_numeric_field(results: list[RunResult]) -> str | None:
     """The one numeric recipe field, other than the seed, whose value differs between runs
     (e.g. the number of labels in a semi-supervised study), or ``None``."""
-    flat = [_flatten(r.recipe) for r in results]
+    flat = [comparison.recipe_fields(r.recipe) for r in results]
     keys = set().union(*flat)
     varying = [k for k in keys if k.split(".")[-1] != "seed" and len({repr(f.get(k)) for f in flat}) > 1]
     numeric = [k for k in varying if all(isinstance(f.get(k), (int, float)) and not isinstance(f.get(k), bool) for f in flat)]
     return numeric[0] if len(numeric) == 1 else None
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        return {k: v for key, value in data.items() if key != "overrides"
-                for k, v in _flatten(value, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): data}
 
 
 def rank_correlations(results: list[RunResult]) -> str:
