@@ -174,3 +174,15 @@ def test_a_student_with_nothing_to_learn_from_is_rejected(write_recipe, registry
     recipe = dict(TINY_TOY)
     recipe["student"] = dict(TINY_TOY["student"], ce_weight=0.0, distillers=[])
     assert "the student has nothing to learn from" in error_of(write_recipe(recipe), registry)
+
+
+def test_the_readme_recipe_example_validates(tmp_path, registry):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = re.search(r"## Recipes.*?```yaml\n(.*?)```", readme, re.S).group(1)
+    path = tmp_path / "example.yaml"
+    path.write_text(example)
+    _, variants = load_variants(path, [], registry)
+    assert len(variants) == 6 and variants[0].recipe.student.optimizer.lr == 0.01
