@@ -126,39 +126,41 @@ def format_cell(cell: tuple[float, float] | None) -> str:
 
 
 def write_report(directory: Path, results: list[RunResult]) -> list[Path]:
-    """Write report.md and report.csv (per group of matrix values), the teacher-objective
-    comparison (comparison.csv) and the plots that the runs support. Returns the paths."""
+    """Write report.md and report.csv (per group of matrix values), the teacher ranking, the
+    teacher-objective comparison (comparison.csv) and the plots that the runs support. Returns
+    the paths."""
     labels, rows = aggregate(results)
+    _write_group_csv(directory / "report.csv", labels, rows)
     written = [directory / "report.md", directory / "report.csv"]
-    table = comparison.compare(results)
     sections = [
         f"# Report: {len(results)} runs in {directory}\n\nMean ± std (sample) over seeds.\n\n",
         markdown_table(labels, rows),
+        teacher_ranking(results),
     ]
+    table = comparison.compare(results)
     if table.has_students:
         sections.append(comparison.markdown(table))
         comparison.write_csv(table, directory / "comparison.csv")
         written.append(directory / "comparison.csv")
         written += plots.objective_differences(directory / "objective_difference.png", table)
         written += plots.learning_curves(directory / "learning_curves.png", results)
-    with (directory / "report.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["group", "runs", *[f"{label} {part}" for label in labels for part in ("mean", "std")]])
-        for row in rows:
-            writer.writerow([row["group"], row["runs"], *[x for label in labels for x in row.get(label, ("", ""))]])
-    teachers = teacher_ranking(results)
-    if teachers:
-        sections.append(teachers)
-    field, curve_written = varying_numeric_field(results), []
-    if field is not None and table.has_students:
-        curve_written = plots.accuracy_curve(directory / "accuracy_curve.png", results, field)
-    written += curve_written
+        field = varying_numeric_field(results)
+        if field is not None:
+            written += plots.accuracy_curve(directory / "accuracy_curve.png", results, field)
     bcpd = [r for r in results if r.estimate_distance("mse_to_true") is not None and r.metric("student", "test", "top1") is not None]
     if bcpd:
         written.append(plots.bcpd_scatter(directory / "bcpd_scatter.png", bcpd))
         sections.append(rank_correlations(bcpd))
     (directory / "report.md").write_text("\n".join(sections))
     return written
+
+
+def _write_group_csv(path: Path, labels: list[str], rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["group", "runs", *[f"{label} {part}" for label in labels for part in ("mean", "std")]])
+        for row in rows:
+            writer.writerow([row["group"], row["runs"], *[x for label in labels for x in row.get(label, ("", ""))]])
 
 
 def teacher_ranking(results: list[RunResult]) -> str:

@@ -115,8 +115,8 @@ class Stage:
         sums: dict[str, Tensor] = {}
         step = reported = 0
         report_every = max(1, steps // 10)
+        labeled = self.data.train.labeled
         for inputs, labels, index in self._batches(generator):
-            labeled = self.data.train.labeled
             batch = Batch(
                 inputs=self.performance.inputs(inputs),
                 labels=labels,
@@ -144,11 +144,7 @@ class Stage:
         means = {term: float(value) / max(step, 1) for term, value in sums.items()}
         for term, value in means.items():
             if not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f"{self.run + ' ' if self.run else ''}{self.name} stage, epoch {epoch + 1}: "
-                    f"loss term '{term}' is {value}; kept the checkpoint of the last good epoch in "
-                    f"{self.directory}; lower the learning rate or the term's weight"
-                )
+                raise self._non_finite(epoch, f"loss term '{term}' is {value}", "the term's weight")
         record = {"epoch": epoch + 1, "lr": lr, **{f"train/{t}": v for t, v in means.items()}}
         status = f"loss {means['loss']:.4f}"
         if self.evaluated is not None:
@@ -158,16 +154,21 @@ class Stage:
                 self.data.eval_transform, self.runtime.num_workers, self.performance,
             )
             if not math.isfinite(metrics["nll"]):
-                raise NonFiniteLossError(
-                    f"{self.run + ' ' if self.run else ''}{self.name} stage, epoch {epoch + 1}: the "
-                    f"network's outputs on the {held_out} split are not finite; kept the checkpoint of "
-                    f"the last good epoch in {self.directory}; lower the learning rate or a loss weight"
+                raise self._non_finite(
+                    epoch, f"the network's outputs on the {held_out} split are not finite", "a loss weight"
                 )
             record.update({f"{held_out}/{name}": value for name, value in metrics.items()})
             status += f"  {held_out} top1 {metrics['top1']:.2f}"
         record["seconds"] = round(time.perf_counter() - started, 3)
         self.progress.advance(self.run, self.name, step - reported, status)
         return record
+
+    def _non_finite(self, epoch: int, problem: str, weight: str) -> NonFiniteLossError:
+        where = f"{self.run + ' ' if self.run else ''}{self.name} stage, epoch {epoch + 1}"
+        return NonFiniteLossError(
+            f"{where}: {problem}; kept the checkpoint of the last good epoch in {self.directory}; "
+            f"lower the learning rate or {weight}"
+        )
 
     def _batches(self, generator: torch.Generator):
         return training_batches(
