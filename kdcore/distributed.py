@@ -69,6 +69,16 @@ def sum_across_ranks(tensor: Tensor) -> Tensor:
     return tensor
 
 
+def gather(tensor: Tensor) -> Tensor:
+    """Every process's ``tensor`` (same shape on all) concatenated along dim 0 in rank order;
+    the tensor itself for a single process. Not differentiable."""
+    if not active():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
 def wrap(model: nn.Module) -> nn.Module:
     """The network to call in a training step: DistributedDataParallel when several processes
     train together (the teacher is never wrapped: it is not trained there)."""
@@ -89,10 +99,12 @@ def average_gradients(parameters: list[nn.Parameter]) -> None:
 
 
 def identical_across_ranks(module: nn.Module) -> bool:
-    """Whether every rank holds the same parameters (compared by a checksum per tensor)."""
+    """Whether every rank holds the same parameters and buffers (compared by a checksum per
+    tensor)."""
     if not active():
         return True
-    checksum = torch.stack([p.detach().double().sum() for p in module.parameters()]).to(model_device(module))
+    tensors = [*module.parameters(), *module.buffers()]
+    checksum = torch.stack([t.detach().double().sum() for t in tensors]).to(model_device(module))
     gathered = [torch.empty_like(checksum) for _ in range(world_size())]
     dist.all_gather(gathered, checksum)
     return all(torch.equal(gathered[0], other) for other in gathered[1:])

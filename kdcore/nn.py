@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from kdcore import distributed
+
 Features = dict[str, "Tensor | list[Tensor]"]
 """Named features of one forward pass: ``logits`` always, plus the taps a distiller asked for."""
 
@@ -151,3 +153,11 @@ class Distiller(nn.Module):
     @property
     def expands_batch(self) -> bool:
         return type(self).expand_batch is not Distiller.expand_batch
+
+
+def gather_across_processes(tensor: Tensor) -> Tensor:
+    """With several training processes (``torchrun``), every process's ``tensor`` concatenated
+    along dim 0 in rank order, so that state a distiller keeps outside the gradients (a memory
+    bank) receives every process's batch share and stays identical on all of them; the tensor
+    itself for one process. All processes must call it with the same shape. Not differentiable."""
+    return distributed.gather(tensor)

@@ -194,13 +194,35 @@ class RuntimeConfig(Strict):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         default="auto", description="bf16 autocast for forward passes; auto: bf16 on a GPU, else fp32"
     )
-    channels_last: bool | None = Field(
-        default=None, description="channels-last memory format for image networks; default: on a GPU"
+    channels_last: bool = Field(
+        default=True,
+        description="channels-last memory format for image networks (faster convolutions on GPUs and CPUs)",
     )
     data_on_device: bool | None = Field(
         default=None,
         description="keep in-memory datasets on the training device (no copies per batch); default: on a GPU",
     )
+    compile: bool | None = Field(
+        default=None,
+        description="torch.compile the networks' training forward and backward passes (tens of seconds "
+        "of compilation per network and batch shape); default: on a GPU",
+    )
+    cuda_graphs: bool | None = Field(
+        default=None,
+        description="replay the compiled passes as CUDA graphs (torch.compile mode 'reduce-overhead'); "
+        "needs compile and a GPU; default: on with compile on a GPU, off under torchrun",
+    )
+    deterministic: bool | None = Field(
+        default=None,
+        description="deterministic kernels, so a seed gives the same weights every time; off: cuDNN picks "
+        "the fastest kernels (benchmark mode); default: on a CPU, off on a GPU",
+    )
+
+    @model_validator(mode="after")
+    def _graphs_need_compile(self) -> RuntimeConfig:
+        if self.cuda_graphs and self.compile is False:
+            raise ValueError("cuda_graphs replays compiled passes: set compile: true, or cuda_graphs: false")
+        return self
 
 
 class Recipe(Strict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,25 +47,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@contextlib.contextmanager
-def deterministic_algorithms() -> Iterator[None]:
-    """Deterministic kernels for the run, restoring the caller's settings afterwards.
-
-    PyTorch's deterministic mode also fills every new tensor with NaN by default, to expose
-    reads of uninitialised memory; that costs about a tenth of a CPU training step and changes
-    no result of correct kernels, so it is switched off.
-    """
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.utils.deterministic.fill_uninitialized_memory)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        torch.utils.deterministic.fill_uninitialized_memory = before[2]
-
-
 def stage_seed(seed: int, purpose: str) -> int:
     """Independent seeds per purpose, so that loading a teacher instead of training it does not
     change the student's initialisation or batch order."""
@@ -102,7 +83,7 @@ class Run:
         self.performance = Performance.resolve(recipe.runtime, self.device)
 
     def execute(self) -> dict[str, Any]:
-        with deterministic_algorithms():
+        with self.performance.process_settings():
             return self._execute()
 
     def _execute(self) -> dict[str, Any]:
@@ -153,7 +134,7 @@ class Run:
         objective = build_component(self.registry, config.objective, ObjectiveContext(data.num_classes))
         term = config.objective.name
 
-        network = distributed.wrap(model)
+        network = self.performance.training_pass(distributed.wrap(model))
 
         def step_loss(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
             loss = objective(network(batch.inputs), batch.labels)
@@ -182,15 +163,17 @@ class Run:
         expander = _batch_expander(config.distillers, distillers)
         self._prepare(config, distillers, data)
         student_features = FeatureRecorder(student, student_paths, _wanted(distillers, "student_taps"),
-                                           forward=distributed.wrap(student))
+                                           forward=self.performance.training_pass(distributed.wrap(student)))
         if teacher is None:
             teacher_features = None
             teacher_targets: Callable[[Batch], Features] = lambda batch: {}
-        else:
+        elif expander is None and data.train.in_memory and data.train_transform is None:
             teacher_features = FeatureRecorder(teacher, teacher_paths, _wanted(distillers, "teacher_taps"))
-            teacher_targets = _teacher_targets(
-                teacher_features, data, self.device, config.eval_batch_size, cacheable=expander is None
-            )
+            teacher_targets = _cached_targets(teacher_features, data, self.device, config.eval_batch_size)
+        else:
+            teacher_features = FeatureRecorder(teacher, teacher_paths, _wanted(distillers, "teacher_taps"),
+                                               forward=self.performance.training_pass(teacher))
+            teacher_targets = torch.no_grad()(lambda batch: teacher_features(batch.inputs))
 
         def step_loss(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
             if expander is not None:
@@ -334,21 +317,12 @@ def _batch_expander(refs: list[DistillerRef], distillers: list[Distiller]) -> Di
     return expanding[0][1] if expanding else None
 
 
-def _teacher_targets(
-    recorder: FeatureRecorder, data: DatasetBundle, device: torch.device, batch_size: int, cacheable: bool
+def _cached_targets(
+    recorder: FeatureRecorder, data: DatasetBundle, device: torch.device, batch_size: int
 ) -> Callable[[Batch], Features]:
-    """The frozen teacher's features for a batch.
-
-    Without augmentation the teacher sees the same input for a sample in every epoch, so its
-    features are computed once for the whole training split and looked up by sample index.
-    """
-
-    @torch.no_grad()
-    def compute(batch: Batch) -> Features:
-        return recorder(batch.inputs)
-
-    if not (cacheable and data.train.in_memory and data.train_transform is None):
-        return compute
+    """The frozen teacher's features for a batch of an unaugmented in-memory split: the teacher
+    sees the same input for a sample in every epoch, so its features are computed once for the
+    whole training split and looked up by sample index."""
     with torch.no_grad():
         chunks = [recorder(inputs) for inputs, _, _ in evaluation_batches(data.train, batch_size, device, 0)]
     cache = {

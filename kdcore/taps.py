@@ -24,9 +24,9 @@ class FeatureRecorder:
     """
 
     def __init__(self, model: nn.Module, paths: Mapping[str, TapPath], wanted: Iterable[str],
-                 forward: nn.Module | None = None):
+                 forward: Callable[[Tensor], Tensor] | None = None):
         self.model = model
-        self.forward = forward or model
+        self.forward = model if forward is None else forward
         self._recorded: dict[str, Tensor] = {}
         self._layout: dict[str, str | list[str]] = {}
         self._handles = []

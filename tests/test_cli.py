@@ -54,3 +54,13 @@ def test_unexpected_errors_are_one_line_unless_debug(write_recipe, tmp_path, mon
     monkeypatch.setattr("kdcore.runner.Run.execute", lambda self: 1 / 0)
     code, _, err = run_cli(monkeypatch, capsys, "run", write_recipe(TINY_TOY), "--run-dir", tmp_path / "r")
     assert code == 1 and "ZeroDivisionError" in err and "--debug" in err and "Traceback" not in err
+
+
+def test_cuda_graphs_without_compile_or_without_a_gpu_are_one_line_errors(write_recipe, tmp_path, monkeypatch, capsys):
+    recipe = dict(TINY_TOY, runtime={"device": "cpu", "compile": False, "cuda_graphs": True})
+    code, _, err = run_cli(monkeypatch, capsys, "validate", write_recipe(recipe))
+    assert code == 2 and "runtime: cuda_graphs replays compiled passes: set compile: true" in err
+    recipe = dict(TINY_TOY, runtime={"device": "cpu", "cuda_graphs": True})
+    code, _, err = run_cli(monkeypatch, capsys, "run", write_recipe(recipe), "--out", tmp_path / "runs")
+    assert code == 2 and err.strip().splitlines() == [err.strip()]
+    assert "runtime.cuda_graphs needs a CUDA device, and this run trains on cpu" in err

@@ -14,8 +14,11 @@ from tests.conftest import TINY_TOY
 
 
 def test_torchrun_with_two_processes_ends_with_identical_weights_written_once(write_recipe, tmp_path):
+    """Identical on both ranks: the networks, and CRD's parameters and memory banks, which each
+    process updates with both processes' samples."""
     recipe = copy.deepcopy(TINY_TOY)
     recipe["runtime"] = {"device": "cpu"}
+    recipe["student"]["distillers"].append({"name": "crd", "weight": 0.8, "params": {"num_negatives": 16}})
     path = write_recipe(recipe)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "kdcore.cli", "run", str(path), "--run-dir", str(tmp_path / "run")]

@@ -189,20 +189,19 @@ def test_matrix_run_writes_report_with_one_row_per_group(write_recipe, tmp_path,
 
 def test_cached_teacher_features_equal_computed_ones():
     from kdcore.nn import Batch, DatasetBundle, Split
-    from kdcore.runner import _teacher_targets
+    from kdcore.runner import _cached_targets
     from kdcore.taps import FeatureRecorder
     from kdcore_toy.mlp import MLP
 
-    teacher = MLP(4, [6, 5], 3).eval()
+    teacher = MLP(4, [6, 5], 3).eval().requires_grad_(False)
     recorder = FeatureRecorder(teacher, {"stages": ("layers.1", "layers.3")}, ["stages"])
     split = Split(inputs=torch.randn(10, 4), labels=torch.zeros(10, dtype=torch.long))
     batch = Batch(inputs=split.inputs[[7, 2, 5]], labels=torch.zeros(3), index=torch.tensor([7, 2, 5]), epoch=0, epochs=1)
-    cached = _teacher_targets(recorder, DatasetBundle(3, (4,), split, split), torch.device("cpu"), 4, cacheable=True)(batch)
-    augmented = DatasetBundle(3, (4,), split, split, train_transform=lambda x, g: x)
-    computed = _teacher_targets(recorder, augmented, torch.device("cpu"), 4, cacheable=True)(batch)
+    cached = _cached_targets(recorder, DatasetBundle(3, (4,), split, split), torch.device("cpu"), 4)(batch)
+    computed = recorder(batch.inputs)
     assert torch.allclose(cached["logits"], computed["logits"], atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(cached["stages"], computed["stages"]))
-    assert not computed["logits"].requires_grad
+    assert not cached["logits"].requires_grad
 
 
 def test_student_alone_without_a_teacher(write_recipe, tmp_path, monkeypatch, capsys):
@@ -229,19 +228,29 @@ def test_non_finite_outputs_on_held_out_data_stop_the_stage(registry, write_reci
         Run(variant.recipe, tmp_path / "run", registry, "", ProgressSink()).execute()
 
 
-def test_a_run_is_deterministic_inside_and_restores_the_callers_settings(registry, write_recipe, tmp_path):
+@pytest.mark.parametrize("deterministic", [None, False])
+def test_a_run_sets_its_kernel_choice_inside_and_restores_the_callers_settings(
+    deterministic, registry, write_recipe, tmp_path
+):
+    """On a CPU a run is deterministic by default; ``deterministic: false`` lets cuDNN benchmark."""
     seen = {}
+
+    def settings():
+        return (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory,
+                torch.backends.cudnn.benchmark)
 
     class Spy(ProgressSink):
         def begin(self, run, stage, total_steps, done_steps):
-            seen[stage] = (torch.are_deterministic_algorithms_enabled(),
-                           torch.utils.deterministic.fill_uninitialized_memory)
+            seen[stage] = settings()
 
-    before = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
-    [variant] = load_variants(write_recipe(TINY_TOY), [], registry)[1]
+    recipe = copy.deepcopy(TINY_TOY)
+    recipe["runtime"]["deterministic"] = deterministic
+    before = settings()
+    [variant] = load_variants(write_recipe(recipe), [], registry)[1]
     Run(variant.recipe, tmp_path / "run", registry, "", Spy()).execute()
-    assert seen == {"teacher": (True, False), "student": (True, False)}
-    assert (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory) == before
+    expected = (True, False, False) if deterministic is None else (False, False, True)
+    assert seen == {"teacher": expected, "student": expected}
+    assert settings() == before
 
 
 def test_cross_entropy_of_weight_zero_is_logged_but_not_trained_on(write_recipe, tmp_path, monkeypatch, capsys):

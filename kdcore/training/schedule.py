@@ -14,13 +14,17 @@ from kdcore.recipe import OptimizerConfig, ScheduleConfig
 
 
 def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: OptimizerConfig) -> torch.optim.Optimizer:
+    """SGD updating all tensors at once: one fused kernel on GPUs, the multi-tensor (foreach)
+    implementation elsewhere (PyTorch's default picks neither on CPUs)."""
+    parameters = list(parameters)
+    on_gpu = bool(parameters) and parameters[0].is_cuda
     return torch.optim.SGD(
-        list(parameters),
+        parameters,
         lr=config.lr,
         momentum=config.momentum,
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
-        foreach=True,  # one fused update for all tensors; PyTorch picks it on GPUs only by default
+        **({"fused": True} if on_gpu else {"foreach": True}),
     )
 
 

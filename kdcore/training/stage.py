@@ -97,10 +97,11 @@ class Stage:
         self.progress.end(self.run, self.name)
 
     def _check_ranks_agree(self) -> None:
-        """With several processes, record whether every rank ended with the same weights."""
+        """With several processes, record whether every rank ended with the same weights and
+        state (the network's, and that of the distillers trained with it)."""
         if not distributed.active():
             return
-        identical = distributed.identical_across_ranks(self.model)
+        identical = distributed.identical_across_ranks(self.trainable)
         if distributed.is_main():
             write_json(self.directory / "distributed.json",
                        {"world_size": distributed.world_size(), "identical_weights": identical})
@@ -116,14 +117,16 @@ class Stage:
         step = reported = 0
         report_every = max(1, steps // 10)
         labeled = self.data.train.labeled
+        labeled = labeled.to(self.device) if labeled is not None else None
         for inputs, labels, index in self._batches(generator):
+            self.performance.begin_step()
             batch = Batch(
                 inputs=self.performance.inputs(inputs),
                 labels=labels,
                 index=index,
                 epoch=epoch,
                 epochs=self.config.epochs,
-                labeled=labeled[index.cpu()].to(self.device) if labeled is not None else None,
+                labeled=labeled[index] if labeled is not None else None,
             )
             with self.performance.autocast():
                 total, terms = self.step_loss(batch)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from kdcore.api import DistillerContext
 from kdcore.errors import KdcoreError
-from kdcore.nn import Batch, Distiller, Features
+from kdcore.nn import Batch, Distiller, Features, gather_across_processes
 from kdcore_distillers import CRDParams
 from kdcore_distillers._common import flat_dim
 
@@ -43,6 +43,8 @@ class CRD(Distiller):
     ``exp(M_t[j]·e_s / T) / Z_s`` and ``exp(M_s[j]·e_t / T) / Z_t``, with each ``Z`` fixed on
     the first batch to ``mean(exp(·/T))·train_size``, and go through :func:`nce_loss`. After
     the loss, in training mode, ``M[i] ← normalize(m·M[i] + (1 − m)·e[i])``.
+    With several training processes, ``Z`` is the mean over all of them and every bank update
+    takes every process's samples, so the banks stay identical everywhere.
     Published CIFAR-100 loss weight: 0.8 (CRD+KD adds KD with weight 1)."""
 
     student_taps = ("pooled",)
@@ -102,12 +104,13 @@ class CRD(Distiller):
         """``exp(bank[contrast]·anchor / T) / Z`` as (B, 1 + K); fixes ``Z`` on first use."""
         scores = torch.einsum("bkd,bd->bk", bank[contrast], anchors).div(self.temperature).exp()
         if z < 0:
-            z.fill_(scores.detach().mean().item() * self.bank_size)
+            z.fill_(gather_across_processes(scores.detach().mean()[None]).mean().item() * self.bank_size)
         return scores / z
 
     @torch.no_grad()
     def _update(self, bank: Tensor, index: Tensor, embeddings: Tensor) -> None:
-        mixed = self.momentum * bank[index] + (1.0 - self.momentum) * embeddings.to(bank.dtype)
+        index, embeddings = gather_across_processes(index), gather_across_processes(embeddings.to(bank.dtype))
+        mixed = self.momentum * bank[index] + (1.0 - self.momentum) * embeddings
         bank.index_copy_(0, index, F.normalize(mixed, dim=1))
 
     def forward(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
