@@ -136,6 +136,8 @@ class ObjectiveContext:
 class DatasetContext:
     seed: int
     """The run's seed; data that must not change with the run seed use their own param."""
+    device: str = "cpu"
+    """Where training runs (e.g. ``"cuda:0"``); a dataset may decode or place data there."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,8 +19,10 @@ from kdcore import distributed
 Features = dict[str, "Tensor | list[Tensor]"]
 """Named features of one forward pass: ``logits`` always, plus the taps a distiller asked for."""
 
-BatchTransform = Callable[[Tensor, torch.Generator], Tensor]
-"""A random transform of a whole batch (augmentation), drawing randomness from the generator."""
+BatchTransform = Callable[[Any, torch.Generator], Tensor]
+"""A random transform of a whole batch (augmentation), drawing randomness from the generator.
+It receives the batch's inputs (a tensor, or what a split's ``collate`` returned) and returns a
+tensor on the training device."""
 
 
 @dataclass
@@ -35,12 +38,18 @@ class Split:
         true_probs: p*(y|x) of every sample, where the dataset knows it (synthetic data).
         labeled: boolean mask of the samples whose label may be used (semi-supervised); the
             teacher trains on these only and the student's cross-entropy sees only these.
+        collate: for a ``Dataset`` whose items the default collate cannot stack (e.g. encoded
+            images of different lengths): the DataLoader's ``collate_fn``, mapping a list of
+            items to ``(inputs, labels)``, where ``inputs`` may be anything the bundle's
+            transforms accept (e.g. a list of tensors). A split with a collate has its batches
+            transformed by the bundle (see :attr:`batch_transformed`).
     """
 
     inputs: Tensor | Dataset
     labels: Tensor
     true_probs: Tensor | None = None
     labeled: Tensor | None = None
+    collate: Callable[[list], tuple[Any, Tensor]] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -49,16 +58,28 @@ class Split:
     def in_memory(self) -> bool:
         return isinstance(self.inputs, Tensor)
 
+    @property
+    def batch_transformed(self) -> bool:
+        """Whether the bundle's ``train_transform`` / ``eval_transform`` apply to this split's
+        batches: they do for an in-memory split and for a ``Dataset`` split with a ``collate``;
+        a ``Dataset`` split without one transforms each item itself and gets its batches as the
+        default collate stacks them."""
+        return self.in_memory or self.collate is not None
+
 
 @dataclass
 class DatasetBundle:
     """What a dataset plugin builds.
 
+    The transforms apply to the batches of the splits whose :attr:`Split.batch_transformed`
+    holds (in memory, or a ``Dataset`` with a ``collate``); they receive the batch's inputs as
+    sliced from memory or as the collate returned them, and return a tensor on the training
+    device. A split with a collate therefore needs both transforms.
+
     Attributes:
-        train_transform: applied to each training batch of an in-memory split (e.g. random crop
-            and flip, then normalisation); ``None`` leaves the batch as stored.
-        eval_transform: applied to each evaluation batch of an in-memory split (e.g. uint8 to
-            normalised float).
+        train_transform: applied to each training batch (e.g. random crop and flip, then
+            normalisation); ``None`` leaves the batch as stored.
+        eval_transform: applied to each evaluation batch (e.g. uint8 to normalised float).
     """
 
     num_classes: int
@@ -67,7 +88,7 @@ class DatasetBundle:
     test: Split
     val: Split | None = None
     train_transform: BatchTransform | None = None
-    eval_transform: Callable[[Tensor], Tensor] | None = None
+    eval_transform: Callable[[Any], Tensor] | None = None
 
 
 @dataclass

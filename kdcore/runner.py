@@ -87,7 +87,7 @@ class Run:
             return self._execute()
 
     def _execute(self) -> dict[str, Any]:
-        data = build_component(self.registry, self.recipe.data, DatasetContext(seed=self.recipe.seed))
+        data = build_component(self.registry, self.recipe.data, DatasetContext(seed=self.recipe.seed, device=str(self.device)))
         self.performance.place(data)
         summary: dict[str, Any] = {}
         teacher = None
@@ -208,7 +208,7 @@ class Run:
 
     def _distiller_context(self, data: DatasetBundle, student: nn.Module, student_paths: dict[str, TapPath],
                            teacher: nn.Module | None, teacher_paths: dict[str, TapPath]) -> DistillerContext:
-        probe = self.performance.inputs(_probe_inputs(data).to(self.device))
+        probe = self.performance.inputs(_probe_inputs(data, self.device))
         return DistillerContext(
             student=student,
             teacher=teacher,
@@ -355,13 +355,11 @@ def _wanted(distillers: list, attribute: str) -> list[str]:
     return [tap for distiller in distillers for tap in getattr(distiller, attribute)]
 
 
-def _probe_inputs(data: DatasetBundle, count: int = 2) -> Tensor:
+def _probe_inputs(data: DatasetBundle, device: torch.device, count: int = 2) -> Tensor:
+    """The first ``count`` training samples as the networks see them in evaluation."""
     split = data.train
-    if split.in_memory:
-        inputs = split.inputs[:count]
-    else:
-        inputs = torch.stack([split.inputs[i][0] for i in range(count)])
-    return data.eval_transform(inputs) if data.eval_transform is not None and split.in_memory else inputs
+    inputs, _, _ = next(evaluation_batches(split, count, device, 0))
+    return data.eval_transform(inputs) if data.eval_transform is not None and split.batch_transformed else inputs
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,19 +33,20 @@ def evaluate(
     split: Split,
     device: torch.device,
     batch_size: int,
-    transform: Callable[[Tensor], Tensor] | None = None,
+    transform: Callable[[Any], Tensor] | None = None,
     num_workers: int = 0,
     performance: Performance | None = None,
 ) -> dict[str, float]:
     """Metrics over the whole split; with several processes each evaluates its share and the
-    sums are added up across them."""
+    sums are added up across them. ``transform`` applies where :attr:`Split.batch_transformed`
+    says so."""
     was_training = model.training
     model.eval()
     totals: dict[str, Tensor] = {}
     count = 0
     shard = (distributed.rank(), distributed.world_size())
     for inputs, labels, index in evaluation_batches(split, batch_size, device, num_workers, *shard):
-        if transform is not None:
+        if transform is not None and split.batch_transformed:
             inputs = transform(inputs)
         if performance is not None:
             inputs = performance.inputs(inputs)

@@ -81,6 +81,12 @@ class ImageNetParams(Params):
     )
     crop_size: int = Field(default=224, ge=1, description="RandomResizedCrop / CenterCrop size")
     resize_size: int = Field(default=256, ge=1, description="evaluation Resize before CenterCrop")
+    decode: Literal["auto", "pil", "batched"] = Field(
+        default="auto",
+        description="pil: PIL in DataLoader workers; batched: workers read bytes, "
+        "torchvision.io.decode_jpeg decodes each batch on the training device (nvJPEG on a GPU); "
+        "auto: batched on a GPU, else pil",
+    )
 
     @model_validator(mode="after")
     def _check_sizes(self) -> ImageNetParams:
