@@ -23,15 +23,24 @@ Prints images/s of each, their ratio, the FLOPs of one training image (teacher f
 student forward, counted with FlopCounterMode) and, on CUDA, each side's fraction of the
 arithmetic ceiling ``--peak-tflops`` / FLOPs per image.
 
+With ``--concurrent N``, N kdcore runs then train at the same time on the same device, each in
+its own process (as ``runtime.jobs`` runs a sweep's runs): each warms up, waits for the others,
+then times its epoch as above; the aggregate is all of their timed images over the span from
+the first start to the last end, compared with the one reference loop.
+
     .venv/bin/python benchmarks/kd_step.py                       # CPU defaults: resnet56 -> resnet20
     .venv/bin/python benchmarks/kd_step.py --device cuda         # resnet32x4 -> resnet8x4
+    .venv/bin/python benchmarks/kd_step.py --device cuda --concurrent 8
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -161,7 +170,8 @@ class StepClock(ProgressSink):
     """Timestamps the student stage's progress reports, which the epoch loop sends every
     ``steps // 10`` steps (on CUDA after a synchronize): the steps between the first and the last
     report inside the epoch are timed, so neither the first steps (fresh optimiser state) nor the
-    held-out evaluation at the end of the epoch count."""
+    held-out evaluation at the end of the epoch count. Times are ``time.monotonic()``, one clock
+    for all processes of the machine, so concurrent runs' windows can be compared."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -176,7 +186,7 @@ class StepClock(ProgressSink):
         self.done += steps
         if stage == "student" and status is None:  # the last report of an epoch carries a status
             synchronize(self.device)
-            self.marks.append((self.done, time.perf_counter()))
+            self.marks.append((self.done, time.monotonic()))
 
 
 def kdcore_steps(timed: int) -> int:
@@ -197,7 +207,8 @@ def time_kdcore(args, base: Registry, teacher_checkpoint: Path, steps: int, work
         raise RuntimeError("the student stage reported progress fewer than twice within its epoch; "
                            "cannot time its steps")
     (first_step, first_time), (last_step, last_time) = clock.marks[0], clock.marks[-1]
-    return {"steps": last_step - first_step, "seconds": last_time - first_time, "skipped": first_step}
+    return {"steps": last_step - first_step, "seconds": last_time - first_time, "skipped": first_step,
+            "start": first_time, "end": last_time}
 
 
 # --------------------------------------------------------------------------- reference
@@ -280,6 +291,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a runtime setting of the kdcore recipe (YAML value), e.g. precision=fp32; "
                              "repeatable. Default: kdcore's own defaults for the device")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--concurrent", type=int, default=1,
+                        help="also time this many kdcore runs training at once on the device, each in its own "
+                             "process, and report their aggregate images/s (default 1: not timed)")
+    parser.add_argument("--member", type=Path, help=argparse.SUPPRESS)  # a process of --concurrent
     parser.add_argument("--peak-tflops", type=float, default=790.0,
                         help="peak dense bf16 TFLOP/s for the ceiling (CUDA only); default 790, an H200 "
                              "as measured in the issue")
@@ -299,8 +314,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.student = args.student or ("resnet8x4" if cuda else "resnet20")
     args.steps = args.steps or (200 if cuda else 32)
     args.workers = args.workers if args.workers is not None else (8 if cuda else 2)
-    if args.steps < 1 or args.batch_size < 1 or args.repeats < 1 or args.warmup_steps < 1:
-        parser.error("--steps, --batch-size, --repeats and --warmup-steps must be at least 1")
+    if min(args.steps, args.batch_size, args.repeats, args.warmup_steps, args.concurrent) < 1:
+        parser.error("--steps, --batch-size, --repeats, --warmup-steps and --concurrent must be at least 1")
     return args
 
 
@@ -308,6 +323,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.member is not None:
+        return concurrent_member(args)
     device = args.device
     registry = load_registry_cached()
     with tempfile.TemporaryDirectory(prefix="kd-step-") as tmp:
@@ -331,6 +348,7 @@ def main(argv: list[str] | None = None) -> dict:
         for _ in range(args.repeats):
             kdcore_runs.append(time_kdcore(args, registry, checkpoint, args.steps, workdir))
             reference_runs.append(time_reference(args, teacher, kdcore_runs[-1]["steps"]))
+        members = time_concurrent(args, workdir) if args.concurrent > 1 else None
 
     kdcore_ips = statistics.median(r["steps"] * args.batch_size / r["seconds"] for r in kdcore_runs)
     reference_ips = statistics.median(r["steps"] * args.batch_size / r["seconds"] for r in reference_runs)
@@ -350,12 +368,55 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio": kdcore_ips / reference_ips,
         "gflops_per_image": flops_per_image / 1e9,
     }
+    if members is not None:
+        span = max(m["end"] for m in members) - min(m["start"] for m in members)
+        aggregate = sum(m["steps"] for m in members) * args.batch_size / span
+        result.update(concurrent=args.concurrent, concurrent_images_per_s=aggregate,
+                      concurrent_ratio=aggregate / reference_ips,
+                      concurrent_overlap=min(m["end"] for m in members) > max(m["start"] for m in members))
     if device.type == "cuda":
         ceiling = args.peak_tflops * 1e12 / flops_per_image
         result.update(peak_tflops=args.peak_tflops, ceiling_images_per_s=ceiling,
                       kdcore_fraction_of_ceiling=kdcore_ips / ceiling,
                       reference_fraction_of_ceiling=reference_ips / ceiling)
     print_table(result)
+    return result
+
+
+def time_concurrent(args, workdir: Path) -> list[dict]:
+    """Starts ``--concurrent`` copies of this script as member processes and returns each one's
+    timed window. Members share the teacher checkpoint in ``workdir`` and meet there: each
+    writes ``ready-<pid>`` after its warm-up and starts timing once all have."""
+    members = workdir / "members"
+    members.mkdir()
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.concurrent)
+    command = [sys.executable, str(Path(__file__).resolve()), "--member", str(members),
+               "--concurrent", str(args.concurrent), "--device", str(args.device), "--teacher", args.teacher,
+               "--student", args.student, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+               "--warmup-steps", str(args.warmup_steps), "--threads", str(threads),
+               *(f"--kdcore-runtime={key}={json.dumps(value)}" for key, value in args.kdcore_runtime.items())]
+    processes = [subprocess.Popen(command) for _ in range(args.concurrent)]
+    failed = [p.args for p in processes if p.wait() != 0]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {args.concurrent} concurrent kdcore runs failed (see their output above)")
+    return [json.loads(path.read_text()) for path in sorted(members.glob("result-*.json"))]
+
+
+def concurrent_member(args) -> dict:
+    """One process of :func:`time_concurrent`: warm up, wait for the others, time one epoch."""
+    members: Path = args.member
+    registry = load_registry_cached()
+    checkpoint = members.parent / "teacher.safetensors"
+    with tempfile.TemporaryDirectory(prefix="kd-step-member-") as tmp:
+        time_kdcore(args, registry, checkpoint, args.warmup_steps, Path(tmp))
+        (members / f"ready-{os.getpid()}").touch()
+        deadline = time.monotonic() + 600
+        while len(list(members.glob("ready-*"))) < args.concurrent:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the other concurrent runs did not get ready within 10 minutes")
+            time.sleep(0.05)
+        result = time_kdcore(args, registry, checkpoint, args.steps, Path(tmp))
+    (members / f"result-{os.getpid()}.json").write_text(json.dumps(result))
     return result
 
 
@@ -378,6 +439,10 @@ def print_table(r: dict) -> None:
     for name, value in rows:
         print(f"{name:{width}}  {value:>8}")
     print(f"ratio kdcore/reference: {r['ratio']:.3f}")
+    if "concurrent" in r:
+        print(f"kdcore, {r['concurrent']} runs at once: {r['concurrent_images_per_s']:.1f} images/s in aggregate, "
+              f"{r['concurrent_ratio']:.3f} x the reference"
+              + ("" if r["concurrent_overlap"] else " (warning: their timed windows did not all overlap)"))
     if "kdcore_fraction_of_ceiling" in r:
         print(f"kdcore fraction of ceiling: {r['kdcore_fraction_of_ceiling']:.4f} "
               f"(reference {r['reference_fraction_of_ceiling']:.4f})")

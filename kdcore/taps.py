@@ -3,7 +3,7 @@ models (torchvision's, a third party's) expose what distillers need."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from torch import Tensor, nn
 
