@@ -28,8 +28,10 @@ from pathlib import Path
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.vision.conftest import write_cifar100_files  # noqa: E402  (the tests' writer of the official format)
+BENCHMARKS = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCHMARKS), str(BENCHMARKS.parent)]  # kd_step, and the tests' writer of the format
+from kd_step import runtime_settings  # noqa: E402
+from tests.vision.conftest import write_cifar100_files  # noqa: E402
 
 from kdcore.api import ArchitectureContext  # noqa: E402
 from kdcore.progress import ProgressSink  # noqa: E402
@@ -53,16 +55,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runtime", action="append", default=[], metavar="KEY=VALUE",
                         help="a runtime setting of the recipe (YAML value), e.g. compile=false; repeatable")
     args = parser.parse_args(argv)
+    args.runtime = runtime_settings(parser, args.runtime)
     if min(args.epochs, args.train_size, args.test_size, args.batch_size) < 1:
         parser.error("--epochs, --train-size, --test-size and --batch-size must be at least 1")
     return args
 
 
 def recipe(args, data_root: Path, teacher_checkpoint: Path) -> dict:
-    runtime = {"device": args.device}
-    for setting in args.runtime:
-        key, _, value = setting.partition("=")
-        runtime[key] = yaml.safe_load(value)
     return {
         "name": "full-run-benchmark",
         "data": {"name": "cifar100", "params": {"root": str(data_root)}},
@@ -77,7 +76,7 @@ def recipe(args, data_root: Path, teacher_checkpoint: Path) -> dict:
             "batch_size": args.batch_size,
             "eval_batch_size": 1024,
         },
-        "runtime": runtime,
+        "runtime": {"device": args.device, **args.runtime},
     }
 
 

@@ -60,7 +60,7 @@ from kdcore.nn import DatasetBundle, Split
 from kdcore.progress import ProgressSink
 from kdcore.recipe import Recipe
 from kdcore.registry import PluginInfo, Registry, load_registry
-from kdcore.runner import Run
+from kdcore.runner import Run, resolve_device
 from kdcore.training.checkpoint import save_weights
 from kdcore_vision.datasets.cifar import CIFAR100
 from kdcore_vision.transforms import CropFlipNormalize, Normalize
@@ -275,6 +275,17 @@ def load_registry_cached() -> Registry:
 
 # --------------------------------------------------------------------------- main
 
+def runtime_settings(parser: argparse.ArgumentParser, settings: list[str]) -> dict:
+    """``KEY=VALUE`` command-line settings as a recipe's ``runtime:`` entries (YAML values)."""
+    runtime = {}
+    for setting in settings:
+        key, separator, value = setting.partition("=")
+        if not separator:
+            parser.error(f"runtime setting {setting!r}: expected KEY=VALUE")
+        runtime[key] = yaml.safe_load(value)
+    return runtime
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -299,16 +310,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="peak dense bf16 TFLOP/s for the ceiling (CUDA only); default 790, an H200 "
                              "as measured in the issue")
     args = parser.parse_args(argv)
-    runtime = {}
-    for setting in args.kdcore_runtime:
-        key, separator, value = setting.partition("=")
-        if not separator:
-            parser.error(f"--kdcore-runtime {setting!r}: expected KEY=VALUE")
-        runtime[key] = yaml.safe_load(value)
-    args.kdcore_runtime = runtime
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.device = torch.device(args.device)
+    args.kdcore_runtime = runtime_settings(parser, args.kdcore_runtime)
+    args.device = resolve_device(args.device)
     cuda = args.device.type == "cuda"
     args.teacher = args.teacher or ("resnet32x4" if cuda else "resnet56")
     args.student = args.student or ("resnet8x4" if cuda else "resnet20")

@@ -66,7 +66,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
@@ -85,6 +84,7 @@ from kd_step import (
     build_arch,
     kdcore_recipe,
     load_registry_cached,
+    runtime_settings,
 )
 from kdcore.api import DatasetSpec
 from kdcore.nn import DatasetBundle, Split
@@ -265,16 +265,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="torch intra-op threads during the check, restored afterwards (default: torch's); "
                              "1 keeps a CPU that other processes share from stalling on thread barriers")
     args = parser.parse_args(argv)
-    runtime = {}
-    for setting in args.kdcore_runtime:
-        key, separator, value = setting.partition("=")
-        if not separator:
-            parser.error(f"--kdcore-runtime {setting!r}: expected KEY=VALUE")
-        runtime[key] = yaml.safe_load(value)
-    args.kdcore_runtime = runtime
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.device = torch.device(args.device)
+    args.kdcore_runtime = runtime_settings(parser, args.kdcore_runtime)
+    args.device = resolve_device(args.device)
     cuda = args.device.type == "cuda"
     args.teacher = args.teacher or ("resnet32x4" if cuda else "resnet20")
     args.student = args.student or ("resnet8x4" if cuda else "resnet8")

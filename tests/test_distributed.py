@@ -34,6 +34,23 @@ def test_torchrun_with_two_processes_ends_with_identical_weights_written_once(wr
     assert result.stdout.count("run directory:") == 1
 
 
+def test_torchrun_with_compiled_passes_records_taps_and_keeps_ranks_identical(write_recipe, tmp_path):
+    """torch.compile over DistributedDataParallel: the student's pooled tap (PKT) is recorded
+    through the compiled, wrapped forward, and both ranks end identical."""
+    recipe = copy.deepcopy(TINY_TOY)
+    recipe["runtime"] = {"device": "cpu", "compile": True}
+    recipe["teacher"]["epochs"] = recipe["student"]["epochs"] = 2
+    recipe["student"]["distillers"].append({"name": "pkt", "weight": 1.0})
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "kdcore.cli", "run", str(write_recipe(recipe)), "--run-dir", str(tmp_path / "run")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage in ("teacher", "student"):
+        assert json.loads((tmp_path / "run" / stage / "distributed.json").read_text())["identical_weights"]
+    log = [json.loads(line) for line in (tmp_path / "run/student/metrics.jsonl").read_text().splitlines()]
+    assert all(0 < record["train/pkt"] < float("inf") for record in log)
+
+
 def test_each_process_takes_its_share_of_every_global_batch():
     split = Split(inputs=torch.arange(10.0)[:, None], labels=torch.zeros(10, dtype=torch.long))
     shares = []

@@ -64,7 +64,10 @@ class Performance:
         Compiled code is cached per forward method and, by default, reused for another module
         of the same class whatever forward hooks it has: a student compiled after a teacher of
         its architecture would silently skip the hooks that record its taps. Guarding on hooks
-        makes it recompile instead.
+        makes it recompile instead. Each run starts with an empty cache, so that the runs of a
+        sweep trained one after another in one process never reach the cache's limit of
+        entries per method, past which PyTorch silently runs eagerly (compiled kernels stay
+        cached on disk).
         """
         before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
                   torch.utils.deterministic.fill_uninitialized_memory, torch.backends.cudnn.benchmark)
@@ -73,6 +76,8 @@ class Performance:
         torch.backends.cudnn.benchmark = not self.deterministic
         hook_guards = torch._dynamo.config.patch(skip_nnmodule_hook_guards=False) if self.compile \
             else contextlib.nullcontext()
+        if self.compile:
+            torch._dynamo.reset()
         try:
             with hook_guards:
                 yield
