@@ -5,8 +5,12 @@ runs these on one."""
 import pytest
 import torch
 
+from kdcore.nn import Split
 from kdcore.recipe import RuntimeConfig
+from kdcore.training.batches import training_batches
 from kdcore.training.performance import Performance
+from kdcore_vision.datasets.cifar import CIFAR100
+from kdcore_vision.transforms import CropFlipNormalize
 from tests.augmented_pair import train_pair
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -34,3 +38,22 @@ def test_the_fast_path_trains_as_the_fp32_eager_path(distillers, registry, write
     terms = [key for key in reference[0] if key.startswith("train/")]
     for term in terms:
         assert [r[term] for r in fast] == pytest.approx([r[term] for r in reference], rel=0.05, abs=0.02), term
+
+
+def test_device_resident_batches_are_sliced_and_augmented_without_waiting_for_the_gpu():
+    """No host-device synchronisation per batch: the epoch's order moves to the device once and
+    the augmentation's random numbers are copied without waiting."""
+    cuda = torch.device("cuda")
+    split = Split(inputs=torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, device=cuda),
+                  labels=torch.randint(0, 100, (256,), device=cuda))
+    batches = training_batches(split, torch.arange(256), 64, False, torch.Generator().manual_seed(0), cuda,
+                               CropFlipNormalize(CIFAR100.mean, CIFAR100.std), 0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        produced = [next(batches) for _ in range(4)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    inputs, labels, index = produced[-1]
+    assert inputs.is_cuda and labels.is_cuda and index.is_cuda and inputs.shape == (64, 3, 32, 32)
+    assert sorted(torch.cat([i for _, _, i in produced]).tolist()) == list(range(256))

@@ -40,12 +40,15 @@ def training_batches(
     usable = len(order)
     batch_size //= world_size
     if split.in_memory:
+        # the order goes where the data is, once per epoch: indexing device data with CPU indices
+        # would copy them there, and wait for the device, at every batch
+        order = order.to(split.inputs.device, non_blocking=True)
         for start in range(0, usable, batch_size):
             index = order[start : start + batch_size]
             inputs = split.inputs[index].to(device, non_blocking=True)
             if transform is not None:
                 inputs = transform(inputs, generator)
-            yield inputs, split.labels[index].to(device, non_blocking=True), index.to(device)
+            yield inputs, split.labels[index].to(device, non_blocking=True), index.to(device, non_blocking=True)
         return
     loader = _loader(split, order, batch_size, num_workers, pin_memory=device.type == "cuda")
     for (inputs, labels), index in zip(loader, order.split(batch_size)):

@@ -15,8 +15,8 @@ from torch import Tensor
 def normalize(batch: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """uint8 images to float32 in [0, 1], then ``(x - mean) / std`` per channel."""
     shape = (1, -1, 1, 1)
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=batch.device).view(shape)
-    std_t = torch.tensor(std, dtype=torch.float32, device=batch.device).view(shape)
+    mean_t = torch.tensor(mean, dtype=torch.float32).to(batch.device, non_blocking=True).view(shape)
+    std_t = torch.tensor(std, dtype=torch.float32).to(batch.device, non_blocking=True).view(shape)
     return (batch.float() / 255 - mean_t) / std_t
 
 
@@ -24,14 +24,14 @@ def random_crop_flip(batch: Tensor, generator: torch.Generator, padding: int = 4
     """For each image independently: zero-pad by ``padding``, crop back to the original size at a
     uniformly drawn offset, then flip horizontally with probability 1/2.
 
-    Randomness is drawn on the generator's device and moved to the batch's, so a CPU generator
-    drives a GPU batch reproducibly.
+    Randomness is drawn on the generator's device and moved to the batch's without waiting for
+    the device (the copy is staged at once), so a CPU generator drives a GPU batch reproducibly.
     """
     n, _, height, width = batch.shape
     padded = F.pad(batch, (padding, padding, padding, padding))
     draw = {"generator": generator, "device": generator.device}
-    offsets = torch.randint(0, 2 * padding + 1, (2, n), **draw).to(batch.device)
-    flips = (torch.rand(n, **draw) < 0.5).to(batch.device)
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), **draw).to(batch.device, non_blocking=True)
+    flips = (torch.rand(n, **draw) < 0.5).to(batch.device, non_blocking=True)
     rows = offsets[0, :, None] + torch.arange(height, device=batch.device)
     cols = offsets[1, :, None] + torch.arange(width, device=batch.device)
     cols = torch.where(flips[:, None], cols.flip(1), cols)
