@@ -69,6 +69,9 @@ class CRD(Distiller):
         )
         self.register_buffer("z_student", torch.tensor(-1.0))
         self.register_buffer("z_teacher", torch.tensor(-1.0))
+        # whether Z is fixed, read from the buffer once (a test of a GPU tensor waits for the GPU)
+        self._z_fixed: bool | None = None
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_z_fixed", None))
         if self.other_class:
             labels = torch.as_tensor(ctx.train_labels).long().flatten()
             if len(labels) != self.bank_size:
@@ -103,7 +106,7 @@ class CRD(Distiller):
     def _scores(self, anchors: Tensor, bank: Tensor, contrast: Tensor, z: Tensor) -> Tensor:
         """``exp(bank[contrast]·anchor / T) / Z`` as (B, 1 + K); fixes ``Z`` on first use."""
         scores = torch.einsum("bkd,bd->bk", bank[contrast], anchors).div(self.temperature).exp()
-        if z < 0:
+        if not self._z_fixed:
             z.fill_(gather_across_processes(scores.detach().mean()[None]).mean().item() * self.bank_size)
         return scores / z
 
@@ -121,9 +124,12 @@ class CRD(Distiller):
                 self.embed_teacher(teacher["pooled"].detach().flatten(1).float()), dim=1
             )
             contrast = self.sample_contrast(index)
+            if self._z_fixed is None:
+                self._z_fixed = bool(self.z_student >= 0)
             student_side = self._scores(e_student, self.memory_teacher, contrast, self.z_student)
             teacher_side = self._scores(e_teacher, self.memory_student, contrast, self.z_teacher)
             loss = nce_loss(student_side, self.bank_size) + nce_loss(teacher_side, self.bank_size)
+            self._z_fixed = True
         if self.training:
             self._update(self.memory_student, index, e_student.detach())
             self._update(self.memory_teacher, index, e_teacher.detach())

@@ -172,6 +172,22 @@ def test_normalisers_are_fixed_after_the_first_batch_and_eval_mode_leaves_banks_
     }
 
 
+def test_normalisers_loaded_from_a_checkpoint_stay_fixed_and_fresh_ones_are_fixed_again():
+    torch.manual_seed(4)
+    trained = make_crd()
+    batch = make_batch(4, index=torch.tensor([1, 2, 3, 4]))
+    trained({"pooled": torch.randn(4, 6)}, {"pooled": torch.randn(4, 9)}, batch)
+    resumed = make_crd()
+    resumed({"pooled": torch.randn(4, 6)}, {"pooled": torch.randn(4, 9)}, batch)  # fixes its own Z
+    resumed.load_state_dict(trained.state_dict())
+    resumed({"pooled": torch.randn(4, 6)}, {"pooled": torch.randn(4, 9)}, batch)
+    assert (resumed.z_student.item(), resumed.z_teacher.item()) == (trained.z_student.item(), trained.z_teacher.item())
+    fresh = make_crd()
+    fresh.load_state_dict(make_crd().state_dict())  # Z not fixed yet: the next batch fixes it
+    fresh({"pooled": torch.randn(4, 6)}, {"pooled": torch.randn(4, 9)}, batch)
+    assert fresh.z_student.item() > 0 and fresh.z_teacher.item() > 0
+
+
 def test_gradients_reach_student_and_both_embeddings_but_not_teacher_features():
     distiller = make_crd()
     batch = make_batch(4, index=torch.tensor([5, 6, 7, 8]))
