@@ -36,7 +36,6 @@ the first start to the last end, compared with the one reference loop.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -101,10 +100,8 @@ def kdcore_registry(base: Registry, train_size: int, test_size: int) -> Registry
             eval_transform=Normalize(CIFAR100.mean, CIFAR100.std),
         )
 
-    patched = Registry(plugins=base.plugins, components=copy.deepcopy(base.components))
-    patched.add("dataset", DatasetSpec(name=DATASET, summary="benchmark", build=build),
-                PluginInfo("bench", "benchmarks", "0"))
-    return patched
+    return base.with_component("dataset", DatasetSpec(name=DATASET, summary="benchmark", build=build),
+                               PluginInfo("bench", "benchmarks", "0"))
 
 
 class PilImages(Dataset):

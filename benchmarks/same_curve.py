@@ -138,11 +138,8 @@ def pattern_registry(base: Registry, train: Split, test: Split) -> Registry:
             eval_transform=Normalize(CIFAR100.mean, CIFAR100.std),
         )
 
-    patched = Registry(plugins=base.plugins,
-                       components={kind: dict(by_name) for kind, by_name in base.components.items()})
-    patched.add("dataset", DatasetSpec(name=DATASET, summary="learnable class patterns", build=build),
-                PluginInfo("same-curve", "benchmarks", "0"))
-    return patched
+    return base.with_component("dataset", DatasetSpec(name=DATASET, summary="learnable class patterns", build=build),
+                               PluginInfo("same-curve", "benchmarks", "0"))
 
 
 # --------------------------------------------------------------------------- reference

@@ -80,6 +80,15 @@ class Registry:
     def add(self, kind: str, spec: ComponentSpec, provider: PluginInfo) -> None:
         self.components[kind].setdefault(spec.name, []).append(Component(kind, spec, provider))
 
+    def with_component(self, kind: str, spec: ComponentSpec, provider: PluginInfo) -> Registry:
+        """A copy with one more component, this registry left as it is: how a test, a benchmark
+        or a notebook uses an ad-hoc dataset or distiller without installing a plugin."""
+        copied = Registry(plugins=list(self.plugins), components={
+            k: {name: list(found) for name, found in by_name.items()} for k, by_name in self.components.items()
+        })
+        copied.add(kind, spec, provider)
+        return copied
+
     def conflicts(self) -> list[tuple[str, str, list[Component]]]:
         return [
             (kind, name, found)

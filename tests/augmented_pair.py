@@ -4,7 +4,6 @@ than cached. Used to compare runtime settings (compiled or eager passes, GPU fas
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -34,9 +33,8 @@ def build_flipped_images(params, ctx) -> DatasetBundle:
 def train_pair(registry: Registry, write_recipe, directory: Path, runtime: dict, distillers: list[dict],
                epochs: int = 2) -> list[dict]:
     """Trains the pair with ``runtime`` settings; returns the student's per-epoch records."""
-    patched = Registry(plugins=registry.plugins, components=copy.deepcopy(registry.components))
-    patched.add("dataset", DatasetSpec(name="flipped", summary="test", build=build_flipped_images),
-                PluginInfo("t", "tests", "0"))
+    patched = registry.with_component("dataset", DatasetSpec(name="flipped", summary="test", build=build_flipped_images),
+                                      PluginInfo("t", "tests", "0"))
     recipe = {
         "name": directory.name,
         "data": {"name": "flipped"},

@@ -11,7 +11,7 @@ from kdcore.api import DistillerSpec
 from kdcore.nn import Batch, Distiller, Preparation
 from kdcore.progress import ProgressSink
 from kdcore.recipe_loader import load_variants
-from kdcore.registry import PluginInfo, Registry
+from kdcore.registry import PluginInfo
 from kdcore.runner import Run
 from tests.conftest import TINY_TOY
 
@@ -52,14 +52,14 @@ class ProbeHead(Distiller):
 
 
 def test_preparation_runs_first_then_freezes_and_batch_expansion_reaches_both_networks(registry, write_recipe, tmp_path):
-    patched = Registry(plugins=registry.plugins, components=copy.deepcopy(registry.components))
     built = []
 
     def build(params, ctx):
         built.append(ProbeHead(params, ctx))
         return built[-1]
 
-    patched.add("distiller", DistillerSpec(name="probe-head", summary="test", build=build), PluginInfo("t", "tests", "0"))
+    patched = registry.with_component("distiller", DistillerSpec(name="probe-head", summary="test", build=build),
+                                      PluginInfo("t", "tests", "0"))
     recipe = copy.deepcopy(TINY_TOY)
     recipe["student"]["distillers"] = [{"name": "probe-head", "weight": 1.0}]
     [variant] = load_variants(write_recipe(recipe), [], patched)[1]

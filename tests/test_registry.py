@@ -93,3 +93,19 @@ def test_listing_does_not_import_torch_and_reports_json():
     names = {(c["kind"], c["name"]) for c in data["components"]}
     assert ("objective", "mse") in names and ("architecture", "mlp") in names
     assert {"name", "distribution", "version", "status", "error"} <= set(data["plugins"][0])
+
+
+def test_with_component_returns_a_copy_holding_one_more_and_leaves_the_original_alone(registry):
+    from kdcore.api import DatasetSpec
+    from kdcore.registry import PluginInfo
+
+    spec = DatasetSpec(name="ad-hoc", summary="test", build=lambda params, ctx: None)
+    extended = registry.with_component("dataset", spec, PluginInfo("t", "tests", "0"))
+    assert extended.get("dataset", "ad-hoc").spec is spec
+    assert extended.names("dataset") == sorted([*registry.names("dataset"), "ad-hoc"])
+    with pytest.raises(KdcoreError, match="ad-hoc"):
+        registry.get("dataset", "ad-hoc")
+    again = extended.with_component("dataset", spec, PluginInfo("u", "tests", "0"))
+    with pytest.raises(KdcoreError, match="provided by both"):
+        again.get("dataset", "ad-hoc")
+    assert len(extended.components["dataset"]["ad-hoc"]) == 1

@@ -17,7 +17,7 @@ from kdcore.api import ObjectiveSpec
 from kdcore.errors import NonFiniteLossError
 from kdcore.progress import ProgressSink
 from kdcore.recipe_loader import load_variants
-from kdcore.registry import PluginInfo, Registry
+from kdcore.registry import PluginInfo
 from kdcore.runner import Run
 from tests.conftest import TINY_TOY, run_cli
 
@@ -156,9 +156,8 @@ class NaNAfter(nn.Module):
 
 
 def test_non_finite_loss_stops_with_stage_epoch_and_term_keeping_last_good_checkpoint(registry, write_recipe, tmp_path):
-    patched = Registry(plugins=registry.plugins, components=copy.deepcopy(registry.components))
-    patched.add("objective", ObjectiveSpec(name="nan-after", summary="test", build=NaNAfter),
-                PluginInfo("test", "tests", "0"))
+    patched = registry.with_component("objective", ObjectiveSpec(name="nan-after", summary="test", build=NaNAfter),
+                                      PluginInfo("test", "tests", "0"))
     recipe = copy.deepcopy(TINY_TOY)
     recipe["teacher"]["objective"] = {"name": "nan-after"}
     [variant] = load_variants(write_recipe(recipe), [], patched)[1]

@@ -3,7 +3,6 @@ dataset registered beside the installed plugins, resnet8 teacher and student, on
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -35,9 +34,8 @@ def build_tiny_images(params, ctx) -> DatasetBundle:
 def run_resnet8_pair(registry: Registry, write_recipe, directory: Path, distiller: dict, epochs: int = 1) -> Path:
     """Train a resnet8 teacher (CE) and distil a resnet8 student with ``distiller`` (a recipe
     entry), ``epochs`` each, batch 16; returns the run directory."""
-    patched = Registry(plugins=registry.plugins, components=copy.deepcopy(registry.components))
-    patched.add("dataset", DatasetSpec(name="tiny-images", summary="test", build=build_tiny_images),
-                PluginInfo("t", "tests", "0"))
+    patched = registry.with_component("dataset", DatasetSpec(name="tiny-images", summary="test", build=build_tiny_images),
+                                      PluginInfo("t", "tests", "0"))
     recipe = {
         "name": "tiny-images",
         "seed": 0,
