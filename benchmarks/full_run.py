@@ -34,11 +34,10 @@ from kd_step import runtime_settings  # noqa: E402
 from tests.vision.conftest import write_cifar100_files  # noqa: E402
 
 from kdcore.api import ArchitectureContext  # noqa: E402
-from kdcore.progress import ProgressSink  # noqa: E402
-from kdcore.recipe_loader import load_variants  # noqa: E402
+from kdcore.config.loader import load_variants  # noqa: E402
+from kdcore.distill.run import Run  # noqa: E402
 from kdcore.registry import load_registry  # noqa: E402
-from kdcore.runner import Run  # noqa: E402
-from kdcore.training.checkpoint import save_weights  # noqa: E402
+from kdcore.runs.layout import save_weights  # noqa: E402
 
 PAPER_EPOCHS = 240
 
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         path.write_text(yaml.safe_dump(recipe(args, folder / "data", folder / "teacher.safetensors")))
         [variant] = load_variants(path, [], registry)[1]
         started = time.perf_counter()
-        Run(variant.recipe, folder / "run", registry, "", ProgressSink()).execute()
+        Run(variant.recipe, folder / "run", registry).execute()
         wall = time.perf_counter() - started
         log = [json.loads(line) for line in (folder / "run/student/metrics.jsonl").read_text().splitlines()]
     seconds = [record["seconds"] for record in log]

@@ -4,7 +4,7 @@ Both run in this process, on the same synthetic CIFAR-100-shaped data (random ui
 100 classes), with the same teacher weights, the same architectures, batch size, optimiser
 and number of steps:
 
-* **kdcore**: the student stage of :class:`kdcore.runner.Run` (KD T=4 weight 0.9, CE weight
+* **kdcore**: the student stage of :class:`kdcore.distill.run.Run` (KD T=4 weight 0.9, CE weight
   0.1, SGD lr 0.05 momentum 0.9 wd 5e-4, the runtime defaults of the device unless
   ``--kdcore-runtime`` says otherwise), fed by kdcore's in-memory path: uint8 batches sliced
   from a tensor and augmented on the batch's device with the cifar100 plugin's
@@ -55,12 +55,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from kdcore.api import ArchitectureContext, DatasetSpec
+from kdcore.callbacks import Callback, StageInfo
+from kdcore.config.schema import Recipe
+from kdcore.distill.run import Run
+from kdcore.engine.accelerator import resolve_device
 from kdcore.nn import DatasetBundle, Split
-from kdcore.progress import ProgressSink
-from kdcore.recipe import Recipe
 from kdcore.registry import PluginInfo, Registry, load_registry
-from kdcore.runner import Run, resolve_device
-from kdcore.training.checkpoint import save_weights
+from kdcore.runs.layout import save_weights
 from kdcore_vision.datasets.cifar import CIFAR100
 from kdcore_vision.transforms import CropFlipNormalize, Normalize
 
@@ -163,7 +164,7 @@ def kdcore_recipe(args, registry: Registry, teacher_checkpoint: Path) -> Recipe:
     return Recipe.model_validate(data, context={"registry": registry})
 
 
-class StepClock(ProgressSink):
+class StepClock(Callback):
     """Timestamps the student stage's progress reports, which the epoch loop sends every
     ``steps // 10`` steps (on CUDA after a synchronize): the steps between the first and the last
     report inside the epoch are timed, so neither the first steps (fresh optimiser state) nor the
@@ -175,15 +176,19 @@ class StepClock(ProgressSink):
         self.done = 0
         self.marks: list[tuple[int, float]] = []
 
-    def begin(self, run: str, stage: str, total_steps: int, done_steps: int) -> None:
-        self.done = done_steps
+    def on_stage_start(self, stage: StageInfo) -> None:
+        self.done = stage.steps_per_epoch * stage.start_epoch
         self.marks = []
 
-    def advance(self, run: str, stage: str, steps: int, status: str | None = None) -> None:
+    def on_steps(self, stage: StageInfo, steps: int) -> None:
         self.done += steps
-        if stage == "student" and status is None:  # the last report of an epoch carries a status
+        if stage.stage == "student":
             synchronize(self.device)
             self.marks.append((self.done, time.monotonic()))
+
+    def on_epoch_end(self, stage: StageInfo, record) -> None:
+        if stage.stage == "student" and self.marks:
+            self.marks.pop()  # the epoch's last report comes after its held-out evaluation
 
 
 def kdcore_steps(timed: int) -> int:
@@ -199,7 +204,7 @@ def time_kdcore(args, base: Registry, teacher_checkpoint: Path, steps: int, work
     recipe = kdcore_recipe(args, registry, teacher_checkpoint)
     directory = Path(tempfile.mkdtemp(dir=workdir))
     clock = StepClock(args.device)
-    Run(recipe, directory, registry, "", clock).execute()  # restores the caller's deterministic settings
+    Run(recipe, directory, registry, callbacks=clock).execute()  # restores the caller's deterministic settings
     if len(clock.marks) < 2:
         raise RuntimeError("the student stage reported progress fewer than twice within its epoch; "
                            "cannot time its steps")

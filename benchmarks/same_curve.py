@@ -21,7 +21,7 @@ written with ``save_weights``. kdcore loads that file, the reference uses the sa
 **Student, per seed S**, both sides with KD T = 4 (× T²) weight 0.9, CE weight 0.1, SGD lr 0.05
 momentum 0.9 weight decay 5e-4, constant lr, batch ``--batch-size``, ``--epochs`` epochs:
 
-* **kdcore**: :class:`kdcore.runner.Run` on ``kd_step.py``'s recipe with seed S and the runtime
+* **kdcore**: :class:`kdcore.distill.run.Run` on ``kd_step.py``'s recipe with seed S and the runtime
   defaults of the device unless ``--kdcore-runtime`` overrides them (the settings in force are
   printed). Curve: ``train/loss`` of each epoch in ``student/metrics.jsonl``, the mean over the
   epoch's steps of the loss the optimiser minimises.
@@ -87,13 +87,12 @@ from kd_step import (
     runtime_settings,
 )
 from kdcore.api import DatasetSpec
+from kdcore.distill.run import Run
+from kdcore.distill.settings import accelerator_settings, stage_seed
+from kdcore.engine.accelerator import Accelerator, resolve_device
 from kdcore.nn import DatasetBundle, Split
-from kdcore.progress import ProgressSink
 from kdcore.registry import PluginInfo, Registry
-from kdcore.runner import Run, resolve_device, stage_seed
-from kdcore.training.checkpoint import save_weights
-from kdcore.training.performance import Performance
-from kdcore.training.stage import METRICS
+from kdcore.runs.layout import METRICS, save_weights
 from kdcore_vision.datasets.cifar import CIFAR100
 from kdcore_vision.transforms import CropFlipNormalize, Normalize
 
@@ -204,7 +203,7 @@ def kdcore_curve(args, registry: Registry, teacher_checkpoint: Path, seed: int,
     """kdcore's student stage for ``seed``: its per-epoch ``train/loss`` and final test top-1."""
     recipe = seeded_recipe(args, registry, teacher_checkpoint, seed)
     directory = workdir / f"kdcore-seed{seed}"
-    summary = Run(recipe, directory, registry, "", ProgressSink()).execute()
+    summary = Run(recipe, directory, registry).execute()
     records = [json.loads(line) for line in (directory / "student" / METRICS).read_text().splitlines()]
     return [record["train/loss"] for record in records], summary["student"]["test"]["top1"]
 
@@ -315,8 +314,7 @@ def check(args: argparse.Namespace) -> dict:
         checkpoint = workdir / "teacher.safetensors"
         save_weights(teacher, checkpoint)
         log(f"teacher {args.teacher} trained: test top-1 {teacher_top1:.1f} % ({elapsed(started)})")
-        runtime = Performance.resolve(seeded_recipe(args, registry, checkpoint, 0).runtime,
-                                      resolve_device(str(device)))
+        runtime = Accelerator.resolve(accelerator_settings(seeded_recipe(args, registry, checkpoint, 0).runtime))
         for seed in args.seeds:
             kdcore_losses[seed], kdcore_top1[seed] = kdcore_curve(args, registry, checkpoint, seed, workdir)
             log(f"seed {seed}: kdcore done ({elapsed(started)})")

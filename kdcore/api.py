@@ -23,7 +23,7 @@ import importlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import pluggy
 from pydantic import BaseModel, ConfigDict
@@ -44,20 +44,20 @@ class NoParams(Params):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ComponentSpec:
-    """What every registered component declares.
+class Spec:
+    """What every registration declares. Each spec type states, once, its ``kind`` (the word
+    recipes and ``kdcore plugins --kind`` use) and the ``hook`` that yields it: the hook
+    specifications, the registry and the listing are derived from the spec types.
 
     Attributes:
         name: the selector used in recipes (lower case, digits, ``-``, ``_``, ``.``).
         summary: one line shown by ``kdcore plugins``.
-        params: a :class:`Params` subclass whose defaults are the published values.
-        build: ``build(params, ctx)``, or a ``"module:function"`` string naming it.
     """
 
+    kind: ClassVar[str]
+    hook: ClassVar[str]
     name: str
     summary: str
-    build: Callable[..., Any] | str
-    params: type[BaseModel] = NoParams
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_PATTERN.match(self.name):
@@ -67,6 +67,23 @@ class ComponentSpec:
             )
         if not isinstance(self.summary, str) or not self.summary.strip() or "\n" in self.summary:
             raise ValueError(f"component {self.name!r}: summary must be one non-empty line")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComponentSpec(Spec):
+    """A component built from its params: an objective, distiller, dataset, architecture or
+    logger.
+
+    Attributes:
+        params: a :class:`Params` subclass whose defaults are the published values.
+        build: ``build(params, ctx)``, or a ``"module:function"`` string naming it.
+    """
+
+    build: Callable[..., Any] | str
+    params: type[BaseModel] = NoParams
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if not (isinstance(self.params, type) and issubclass(self.params, BaseModel)):
             raise ValueError(f"component {self.name!r}: params must be a pydantic model class")
         if self.params.model_config.get("extra") != "forbid":
@@ -88,19 +105,68 @@ class ComponentSpec:
 @dataclass(frozen=True, kw_only=True)
 class ObjectiveSpec(ComponentSpec):
     """A teacher objective. ``build(params, ctx: ObjectiveContext)`` returns a callable
-    ``(logits, labels) -> scalar loss`` (usually an ``nn.Module``)."""
+    ``(logits, labels) -> scalar loss`` (usually an ``nn.Module``), or a
+    :class:`kdcore.nn.Objective`, which is called with the whole batch."""
+
+    kind: ClassVar[str] = "objective"
+    hook: ClassVar[str] = "kdcore_objectives"
 
 
 @dataclass(frozen=True, kw_only=True)
 class DistillerSpec(ComponentSpec):
     """A distillation method. ``build(params, ctx: DistillerContext)`` returns a
-    :class:`kdcore.nn.Distiller`."""
+    :class:`kdcore.nn.Distiller`.
+
+    ``published_weight`` is the weight of the method's loss in its authors' CIFAR-100 runs: a
+    recipe's ``weight`` defaults to it, and ``kdcore plugins --params`` shows it.
+    """
+
+    kind: ClassVar[str] = "distiller"
+    hook: ClassVar[str] = "kdcore_distillers"
+    published_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.published_weight, bool) or not isinstance(self.published_weight, (int, float)) \
+                or self.published_weight < 0:
+            raise ValueError(f"distiller {self.name!r}: published_weight must be a number >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
 class DatasetSpec(ComponentSpec):
     """A dataset. ``build(params, ctx: DatasetContext)`` returns a
     :class:`kdcore.nn.DatasetBundle`."""
+
+    kind: ClassVar[str] = "dataset"
+    hook: ClassVar[str] = "kdcore_datasets"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoggerSpec(ComponentSpec):
+    """An experiment tracker. ``build(params, ctx: LoggerContext)`` returns a
+    :class:`kdcore.callbacks.Callback`; recipes list loggers under ``loggers:``. Under torchrun
+    only the first process builds them."""
+
+    kind: ClassVar[str] = "logger"
+    hook: ClassVar[str] = "kdcore_loggers"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeOptionSpec(Spec):
+    """A ``runtime:`` field that a plugin adds to every recipe: ``runtime: {<name>: value}``.
+    Its value (or ``default``) reaches every component through its context's ``runtime``
+    mapping.
+
+    Attributes:
+        type: the value's type, as a pydantic annotation (``int``, ``bool``, ``Literal[...]``,
+            ``Annotated[int, Field(ge=1)]``).
+        default: the value when a recipe does not set it.
+    """
+
+    kind: ClassVar[str] = "runtime-option"
+    hook: ClassVar[str] = "kdcore_runtime_options"
+    type: Any
+    default: Any = None
 
 
 TapPath = str | tuple[str, ...]
@@ -118,6 +184,8 @@ class ArchitectureSpec(ComponentSpec):
     is always available. It is a mapping, or a callable of the params returning one.
     """
 
+    kind: ClassVar[str] = "architecture"
+    hook: ClassVar[str] = "kdcore_architectures"
     taps: Mapping[str, TapPath] | Callable[[Any], Mapping[str, TapPath]] = field(
         default_factory=dict
     )
@@ -129,7 +197,20 @@ class ArchitectureSpec(ComponentSpec):
 
 @dataclass(frozen=True)
 class ObjectiveContext:
+    """What a teacher objective may look at when it is built.
+
+    Attributes:
+        num_classes: number of classes.
+        model: the network the objective trains (for regularisers of its weights).
+        train_size: number of training samples (``batch.index`` runs from 0 to this - 1).
+        epochs: number of epochs of the teacher stage (for ramp-ups).
+    """
+
     num_classes: int
+    model: Any = None
+    train_size: int = 0
+    epochs: int = 0
+    runtime: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -138,12 +219,32 @@ class DatasetContext:
     """The run's seed; data that must not change with the run seed use their own param."""
     device: str = "cpu"
     """Where training runs (e.g. ``"cuda:0"``); a dataset may decode or place data there."""
+    runtime: Mapping[str, Any] = field(default_factory=dict)
+    """The recipe's ``runtime:`` values, the kernel's and those plugins add
+    (:class:`RuntimeOptionSpec`); the same mapping reaches every kind of component."""
 
 
 @dataclass(frozen=True)
 class ArchitectureContext:
     num_classes: int
     input_shape: tuple[int, ...]
+    runtime: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoggerContext:
+    """What a logger may look at when it is built: the run it logs.
+
+    Attributes:
+        run: the run's label within its sweep (``objective=mse,seed=3``; ``""`` for a single run).
+        directory: the run's directory (a logger may write its files below it).
+        recipe: the resolved recipe, as plain data (to log as hyperparameters).
+    """
+
+    run: str
+    directory: str
+    recipe: Mapping[str, Any]
+    runtime: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -176,12 +277,11 @@ class DistillerContext:
     epochs: int
     teacher_features: Callable[[Any], Mapping[str, Any]] | None = None
     train_true_probs: Any = None
+    runtime: Mapping[str, Any] = field(default_factory=dict)
 
 
-COMPONENT_KINDS: dict[str, type[ComponentSpec]] = {
-    "objective": ObjectiveSpec,
-    "distiller": DistillerSpec,
-    "dataset": DatasetSpec,
-    "architecture": ArchitectureSpec,
+SPEC_TYPES: dict[str, type[Spec]] = {
+    spec_type.kind: spec_type
+    for spec_type in (ObjectiveSpec, DistillerSpec, DatasetSpec, ArchitectureSpec, LoggerSpec, RuntimeOptionSpec)
 }
-"""Each kind of component, with the spec type its hook yields."""
+"""Every kind of registration, with the spec type its hook yields."""

@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 
 import kdcore
-from kdcore.api import COMPONENT_KINDS
+from kdcore.api import SPEC_TYPES
 from kdcore.errors import KdcoreError
 
 console = Console()
@@ -40,7 +40,7 @@ def cli(debug: bool) -> None:
 @set_option
 def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
     """Check a recipe against the installed plugins without running it."""
-    from kdcore.recipe_loader import load_variants
+    from kdcore.config.loader import load_variants
     from kdcore.registry import load_registry
 
     _, variants = load_variants(recipe, list(overrides), load_registry())
@@ -61,8 +61,9 @@ def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
 def run(recipe: Path, overrides: tuple[str, ...], out: Path, run_dir: Path | None, resume: bool,
         teachers: Path | None, dry_run: bool) -> None:
     """Train the teacher and distil the student(s) of RECIPE."""
-    from kdcore.recipe_loader import load_variants
+    from kdcore.config.loader import load_variants
     from kdcore.registry import load_registry
+    from kdcore.runs.layout import teacher_store_default
 
     registry = load_registry()
     raw, variants = load_variants(recipe, list(overrides), registry)
@@ -70,18 +71,21 @@ def run(recipe: Path, overrides: tuple[str, ...], out: Path, run_dir: Path | Non
         for variant in variants:
             console.print(f"would run: {variant.recipe.name} {variant.id or '(single run)'}")
         return
-    from kdcore import distributed, sweep
+    from kdcore.engine import distributed
+    from kdcore.runs import sweep
+    from kdcore.runs.environment import write_environment
 
     distributed.start()
     try:
-        directory = _shared_run_directory(out, run_dir, variants[0].recipe.name, resume)
+        first = variants[0].recipe
+        directory = _shared_run_directory(out, run_dir, first.name, resume)
         if distributed.is_main():
             sweep.prepare(directory, raw, variants, resume)
-            sweep.write_environment(directory, variants[0].recipe, registry)
+            write_environment(directory, first.runtime.device, first.seed, registry)
             console.print(f"run directory: {directory}")
         distributed.barrier()
-        store = teachers or (run_dir.parent if run_dir is not None else out) / "teachers"
-        sweep.execute(directory, variants, registry, variants[0].recipe.runtime.jobs, console, store)
+        store = teachers or teacher_store_default(out, run_dir)
+        sweep.execute(directory, variants, registry, first.runtime.jobs, console, store)
         if distributed.is_main():
             _write_report(directory, [directory])
     finally:
@@ -91,7 +95,7 @@ def run(recipe: Path, overrides: tuple[str, ...], out: Path, run_dir: Path | Non
 def _shared_run_directory(out: Path, run_dir: Path | None, name: str, resume: bool) -> Path:
     """Rank 0 picks (or creates) the run directory and every process uses it; a problem is
     raised on every process."""
-    from kdcore import distributed
+    from kdcore.engine import distributed
 
     chosen: Path | str
     try:
@@ -105,13 +109,13 @@ def _shared_run_directory(out: Path, run_dir: Path | None, name: str, resume: bo
 
 
 def _run_directory(out: Path, run_dir: Path | None, name: str, resume: bool) -> Path:
-    from kdcore import sweep
+    from kdcore.runs.layout import RECIPE, latest_run_directory, new_run_directory
 
     if run_dir is None:
-        return sweep.latest_run_directory(out, name) if resume else sweep.new_run_directory(out, name)
+        return latest_run_directory(out, name) if resume else new_run_directory(out, name)
     if resume:
-        if not (run_dir / sweep.RECIPE_FILE).exists():
-            raise KdcoreError(f"--run-dir {run_dir}: no run to resume there (no {sweep.RECIPE_FILE})")
+        if not (run_dir / RECIPE).exists():
+            raise KdcoreError(f"--run-dir {run_dir}: no run to resume there (no {RECIPE})")
         return run_dir
     if run_dir.exists() and any(run_dir.iterdir()):
         raise KdcoreError(f"--run-dir {run_dir}: directory is not empty; add --resume to continue it, or pick a new one")
@@ -121,7 +125,7 @@ def _run_directory(out: Path, run_dir: Path | None, name: str, resume: bool) -> 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--kind", type=click.Choice(list(COMPONENT_KINDS)), help="Only components of this kind.")
+@click.option("--kind", type=click.Choice(list(SPEC_TYPES)), help="Only components of this kind.")
 @click.option("--params", "params_of", metavar="NAME", help="Show a component's parameters.")
 def plugins(as_json: bool, kind: str | None, params_of: str | None) -> None:
     """List installed plugins and their components."""
@@ -149,17 +153,19 @@ def report_command(run_dirs: tuple[Path, ...], out: Path | None) -> None:
 def _write_report(target: Path, run_dirs: list[Path]) -> None:
     from rich.table import Table
 
-    from kdcore import report
+    from kdcore.results.collect import collect
+    from kdcore.results.report import write_report
+    from kdcore.results.tables import aggregate, format_cell
 
-    results = report.collect(run_dirs)
-    written = report.write_report(target, results)
-    labels, rows = report.aggregate(results)
+    results = collect(run_dirs)
+    written = write_report(target, results)
+    labels, rows = aggregate(results)
     labels = labels[:CONSOLE_COLUMNS]
     table = Table(title=f"mean ± std over seeds (all columns: {target / 'report.md'})")
     for column in ("group", "runs", *labels):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(row["group"], str(row["runs"]), *[report.format_cell(row.get(label)) for label in labels])
+        table.add_row(row["group"], str(row["runs"]), *[format_cell(row.get(label)) for label in labels])
     console.print(table)
     console.print("wrote " + ", ".join(str(p) for p in written))
 

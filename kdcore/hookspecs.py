@@ -1,42 +1,32 @@
-"""The hook specifications: one argument-free hook per kind of component.
+"""The hook specifications, derived from the spec types: one argument-free hook per kind of
+registration (``kdcore_objectives``, ``kdcore_distillers``, ...), yielding specs of that kind.
 
-Each hook yields spec objects from :mod:`kdcore.api`; the registry collects them, checks their
-type and rejects duplicate names.
+The hook names and kinds are declared once, on the spec types in :mod:`kdcore.api`.
 """
 
-from collections.abc import Iterable
+from __future__ import annotations
+
+import types
+from collections.abc import Callable, Iterable
 
 import pluggy
 
-from kdcore.api import ArchitectureSpec, DatasetSpec, DistillerSpec, ObjectiveSpec
+from kdcore.api import SPEC_TYPES, Spec
 
-hookspec = pluggy.HookspecMarker("kdcore")
-
-HOOK_FOR_KIND = {
-    "objective": "kdcore_objectives",
-    "distiller": "kdcore_distillers",
-    "dataset": "kdcore_datasets",
-    "architecture": "kdcore_architectures",
-}
+PROJECT = "kdcore"
+hookspec = pluggy.HookspecMarker(PROJECT)
 
 
-class KdcoreSpecs:
-    @hookspec
-    def kdcore_objectives(self) -> Iterable[ObjectiveSpec]:
-        """Register teacher objectives (losses on logits and labels)."""
+def _hook_specification(spec_type: type[Spec]) -> Callable[[], Iterable[Spec]]:
+    def hook() -> Iterable[Spec]:
         yield from ()
 
-    @hookspec
-    def kdcore_distillers(self) -> Iterable[DistillerSpec]:
-        """Register distillation methods."""
-        yield from ()
+    hook.__name__ = spec_type.hook
+    hook.__doc__ = f"Yield {spec_type.__name__} objects: the {spec_type.kind} components a plugin registers."
+    return hookspec(hook)
 
-    @hookspec
-    def kdcore_datasets(self) -> Iterable[DatasetSpec]:
-        """Register datasets."""
-        yield from ()
 
-    @hookspec
-    def kdcore_architectures(self) -> Iterable[ArchitectureSpec]:
-        """Register network architectures with their feature taps."""
-        yield from ()
+KdcoreSpecs = types.SimpleNamespace(**{t.hook: _hook_specification(t) for t in SPEC_TYPES.values()})
+"""The namespace of hook specifications that the plugin manager is given."""
+
+HOOK_NAMES = frozenset(t.hook for t in SPEC_TYPES.values())

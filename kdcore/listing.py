@@ -13,7 +13,7 @@ from pydantic_core import PydanticUndefined
 from rich.console import Console
 from rich.table import Table
 
-from kdcore.api import COMPONENT_KINDS
+from kdcore.api import SPEC_TYPES, DistillerSpec, RuntimeOptionSpec
 from kdcore.errors import KdcoreError
 from kdcore.registry import Component, Registry, unknown_name_message
 
@@ -58,9 +58,9 @@ def print_inventory(console: Console, registry: Registry, kind: str | None, as_j
 
 
 def find_component(registry: Registry, name: str, kind: str | None) -> Component:
-    kinds = [kind] if kind else [k for k in COMPONENT_KINDS if name in registry.components[k]]
+    kinds = [kind] if kind else [k for k in SPEC_TYPES if name in registry.components[k]]
     if not kinds:
-        known = sorted({n for k in COMPONENT_KINDS for n in registry.names(k)})
+        known = sorted({n for k in SPEC_TYPES for n in registry.names(k)})
         raise KdcoreError(unknown_name_message("component", name, known))
     if len(kinds) > 1:
         raise KdcoreError(f"'{name}' names a {' and a '.join(kinds)}; add --kind to choose")
@@ -68,11 +68,24 @@ def find_component(registry: Registry, name: str, kind: str | None) -> Component
 
 
 def print_params(console: Console, component: Component, as_json: bool) -> None:
-    model: type[BaseModel] = component.spec.params
-    if as_json:
-        console.print_json(json.dumps(model.model_json_schema()))
+    """A component's params with their defaults (a distiller's also with its published loss
+    weight, the recipe's default ``weight``); a runtime option's type and default."""
+    spec = component.spec
+    if isinstance(spec, RuntimeOptionSpec):
+        _print_runtime_option(console, spec, as_json)
         return
-    table = Table(title=f"{component.kind} '{component.name}': {component.spec.summary}")
+    model: type[BaseModel] = spec.params
+    weight = spec.published_weight if isinstance(spec, DistillerSpec) else None
+    if as_json:
+        schema = model.model_json_schema()
+        if weight is not None:
+            schema["published_weight"] = weight
+        console.print_json(json.dumps(schema))
+        return
+    title = f"{component.kind} '{component.name}': {spec.summary}"
+    if weight is not None:
+        title += f" (published loss weight {weight:g}, the recipe's default weight)"
+    table = Table(title=title)
     for column in ("param", "type", "default", "description"):
         table.add_column(column)
     for field_name, field in model.model_fields.items():
@@ -82,6 +95,18 @@ def print_params(console: Console, component: Component, as_json: bool) -> None:
         table.add_row(field_name, _type_name(field.annotation), default, field.description or "")
     if not model.model_fields:
         table.add_row("(none)", "", "", "")
+    console.print(table)
+
+
+def _print_runtime_option(console: Console, spec: RuntimeOptionSpec, as_json: bool) -> None:
+    if as_json:
+        console.print_json(json.dumps({"name": spec.name, "type": _type_name(spec.type), "default": spec.default,
+                                       "summary": spec.summary}, default=repr))
+        return
+    table = Table(title=f"runtime option '{spec.name}' (runtime: {{{spec.name}: ...}})")
+    for column in ("type", "default", "description"):
+        table.add_column(column)
+    table.add_row(_type_name(spec.type), repr(spec.default), spec.summary)
     console.print(table)
 
 

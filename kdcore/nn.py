@@ -7,14 +7,14 @@ the top of a plugin's registration module: listing plugins must not import torch
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from kdcore import distributed
+from kdcore.engine import distributed
 
 Features = dict[str, "Tensor | list[Tensor]"]
 """Named features of one forward pass: ``logits`` always, plus the taps a distiller asked for."""
@@ -89,6 +89,9 @@ class DatasetBundle:
     val: Split | None = None
     train_transform: BatchTransform | None = None
     eval_transform: Callable[[Any], Tensor] | None = None
+    views: dict[str, BatchTransform] = field(default_factory=dict)
+    """Other augmentations of a training batch by name (e.g. ``"strong"``), computed from the
+    stored inputs for distillers that ask for them (:attr:`Distiller.input_views`)."""
 
 
 @dataclass
@@ -110,6 +113,8 @@ class Batch:
     epochs: int
     labeled: Tensor | None = None
     primary: Tensor | None = None
+    views: dict[str, Tensor] = field(default_factory=dict)
+    """The other augmentations of the same samples that a distiller asked for, by name."""
 
 
 @dataclass
@@ -153,6 +158,9 @@ class Distiller(nn.Module):
 
     student_taps: tuple[str, ...] = ("logits",)
     teacher_taps: tuple[str, ...] = ("logits",)
+    input_views: tuple[str, ...] = ()
+    """Augmented views of each training batch that this distiller reads from ``batch.views``
+    (names the dataset offers in :attr:`DatasetBundle.views`, e.g. ``"strong"``)."""
 
     def forward(self, student: Features, teacher: Features, batch: Batch) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -174,6 +182,17 @@ class Distiller(nn.Module):
     @property
     def expands_batch(self) -> bool:
         return type(self).expand_batch is not Distiller.expand_batch
+
+
+class Objective(nn.Module):
+    """Base of teacher objectives that need more than ``(logits, labels)``: the sample
+    indices, the epoch or augmented views in the batch, the network's weights (from the
+    :class:`kdcore.api.ObjectiveContext`). :meth:`forward` returns the loss, or named terms
+    that the kernel sums and logs one by one. Plain objectives may be any callable
+    ``(logits, labels) -> loss``."""
+
+    def forward(self, logits: Tensor, batch: Batch) -> Tensor | dict[str, Tensor]:
+        raise NotImplementedError
 
 
 def gather_across_processes(tensor: Tensor) -> Tensor:

@@ -1,9 +1,12 @@
 """Discovers plugins through entry points and answers lookups of components by name.
 
 Each entry point is loaded on its own: a plugin that fails to import, or whose hook raises or
-yields something that is not a spec, is recorded as failed and the others keep working. Two
-components of the same kind and name are a conflict: both stay listed, and looking the name up
-fails with a message naming both providers.
+yields something that is not a spec, is recorded as failed and the others keep working. A plugin
+that declares a hook matching no hook specification (``kdcore_distiller`` for
+``kdcore_distillers``), or a ``kdcore_*`` hook function without ``@hookimpl``, is marked
+``error`` with the name to use; its other hooks still register. Two components of the same kind
+and name are a conflict: both stay listed, and looking the name up fails with a message naming
+both providers.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from typing import Any
 
 import pluggy
 
-from kdcore.api import COMPONENT_KINDS, ComponentSpec
+from kdcore.api import SPEC_TYPES, Spec
 from kdcore.errors import KdcoreError
-from kdcore.hookspecs import HOOK_FOR_KIND, KdcoreSpecs
+from kdcore.hookspecs import HOOK_NAMES, PROJECT, KdcoreSpecs
 
 ENTRY_POINT_GROUP = "kdcore"
 
@@ -31,15 +34,18 @@ class PluginInfo:
     status: str = "ok"
     error: str | None = None
 
-    def fail(self, error: str) -> None:
-        self.status = "failed"
+    def fail(self, error: str, status: str = "failed") -> None:
+        """Record a problem; ``failed`` (nothing or not all of it could be registered) wins over
+        ``error`` (a declaration that matches nothing)."""
+        if self.status != "failed":
+            self.status = status
         self.error = error if self.error is None else f"{self.error}; {error}"
 
 
 @dataclass(frozen=True)
 class Component:
     kind: str
-    spec: ComponentSpec
+    spec: Spec
     provider: PluginInfo
 
     @property
@@ -51,14 +57,14 @@ class Component:
 class Registry:
     plugins: list[PluginInfo] = field(default_factory=list)
     components: dict[str, dict[str, list[Component]]] = field(
-        default_factory=lambda: {kind: {} for kind in COMPONENT_KINDS}
+        default_factory=lambda: {kind: {} for kind in SPEC_TYPES}
     )
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.components[kind])
 
     def all_components(self) -> Iterable[Component]:
-        for kind in COMPONENT_KINDS:
+        for kind in SPEC_TYPES:
             for name in sorted(self.components[kind]):
                 yield from self.components[kind][name]
 
@@ -77,10 +83,10 @@ class Registry:
             )
         return candidates[0]
 
-    def add(self, kind: str, spec: ComponentSpec, provider: PluginInfo) -> None:
+    def add(self, kind: str, spec: Spec, provider: PluginInfo) -> None:
         self.components[kind].setdefault(spec.name, []).append(Component(kind, spec, provider))
 
-    def with_component(self, kind: str, spec: ComponentSpec, provider: PluginInfo) -> Registry:
+    def with_component(self, kind: str, spec: Spec, provider: PluginInfo) -> Registry:
         """A copy with one more component, this registry left as it is: how a test, a benchmark
         or a notebook uses an ad-hoc dataset or distiller without installing a plugin."""
         copied = Registry(plugins=list(self.plugins), components={
@@ -108,7 +114,7 @@ def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
 def load_registry(group: str = ENTRY_POINT_GROUP) -> Registry:
     """Load every entry point of the group, each in isolation, and collect their components."""
     registry = Registry()
-    manager = pluggy.PluginManager("kdcore")
+    manager = pluggy.PluginManager(PROJECT)
     manager.add_hookspecs(KdcoreSpecs)
     loaded: dict[str, PluginInfo] = {}
     for entry_point in sorted(importlib.metadata.entry_points(group=group), key=_sort_key):
@@ -120,13 +126,15 @@ def load_registry(group: str = ENTRY_POINT_GROUP) -> Registry:
         registry.plugins.append(info)
         plugin_id = f"{info.distribution}:{info.name}"
         try:
-            manager.register(entry_point.load(), name=plugin_id)
+            plugin = entry_point.load()
+            manager.register(plugin, name=plugin_id)
         except Exception as error:  # a broken plugin must not take the others down
             info.fail(f"{type(error).__name__}: {error}")
             continue
+        _check_hook_names(manager, plugin, info)
         loaded[plugin_id] = info
-    for kind, hook_name in HOOK_FOR_KIND.items():
-        for implementation in getattr(manager.hook, hook_name).get_hookimpls():
+    for kind, spec_type in SPEC_TYPES.items():
+        for implementation in getattr(manager.hook, spec_type.hook).get_hookimpls():
             _collect(registry, kind, implementation, loaded[implementation.plugin_name])
     return registry
 
@@ -135,17 +143,32 @@ def _sort_key(entry_point: importlib.metadata.EntryPoint) -> tuple[str, str]:
     return (entry_point.dist.name if entry_point.dist else "", entry_point.name)
 
 
+def _check_hook_names(manager: pluggy.PluginManager, plugin: Any, info: PluginInfo) -> None:
+    """Report hooks that nothing will call: a ``@hookimpl`` whose name matches no hook spec
+    (pluggy registers it silently), and a function named like a hook but not marked."""
+    known = sorted(HOOK_NAMES)
+    for caller in manager.get_hookcallers(plugin) or []:
+        if caller.name not in HOOK_NAMES:
+            close = difflib.get_close_matches(caller.name, known, n=1, cutoff=0.6)
+            fix = f"rename it to {close[0]}" if close else f"hooks are: {', '.join(known)}"
+            info.fail(f"hook {caller.name} matches no kdcore hook; {fix}", status="error")
+    for name in HOOK_NAMES:
+        function = getattr(plugin, name, None)
+        if callable(function) and manager.parse_hookimpl_opts(plugin, name) is None:
+            info.fail(f"{name} is not marked @hookimpl (from kdcore.api import hookimpl), so it is never called",
+                      status="error")
+
+
 def _collect(registry: Registry, kind: str, implementation: Any, info: PluginInfo) -> None:
     """Call one plugin's registration hook, keeping only what it yields of the right type."""
-    hook_name = HOOK_FOR_KIND[kind]
-    expected = COMPONENT_KINDS[kind]
+    expected = SPEC_TYPES[kind]
     try:
         specs = list(implementation.function())
     except Exception as error:
-        info.fail(f"{hook_name} raised {type(error).__name__}: {error}")
+        info.fail(f"{expected.hook} raised {type(error).__name__}: {error}")
         return
     for spec in specs:
         if isinstance(spec, expected):
             registry.add(kind, spec, info)
         else:
-            info.fail(f"{hook_name} yielded {type(spec).__name__}, expected {expected.__name__}")
+            info.fail(f"{expected.hook} yielded {type(spec).__name__}, expected {expected.__name__}")

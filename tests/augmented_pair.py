@@ -11,10 +11,9 @@ import torch
 
 from kdcore.api import DatasetSpec
 from kdcore.nn import DatasetBundle, Split
-from kdcore.progress import ProgressSink
-from kdcore.recipe_loader import load_variants
+from kdcore.config.loader import load_variants
 from kdcore.registry import PluginInfo, Registry
-from kdcore.runner import Run
+from kdcore.distill.run import Run
 
 
 def build_flipped_images(params, ctx) -> DatasetBundle:
@@ -44,5 +43,5 @@ def train_pair(registry: Registry, write_recipe, directory: Path, runtime: dict,
         "runtime": runtime,
     }
     [variant] = load_variants(write_recipe(recipe, f"{directory.name}.yaml"), [], patched)[1]
-    Run(variant.recipe, directory, patched, "", ProgressSink()).execute()
+    Run(variant.recipe, directory, patched).execute()
     return [json.loads(line) for line in (directory / "student/metrics.jsonl").read_text().splitlines()]

@@ -1,4 +1,5 @@
-"""Shared fixtures: a registry of the installed plugins, tiny recipes, fake plugin distributions."""
+"""Shared fixtures: tiny recipes and the command line run in-process; the registry of the
+installed plugins and fake plugin distributions come from kdcore's test kit (kdcore.testing)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ import pytest
 import yaml
 
 from kdcore.cli import main
-from kdcore.registry import load_registry
 
 
 @pytest.fixture(scope="session")
-def registry():
-    return load_registry()
+def registry(kdcore_registry):
+    return kdcore_registry
 
 
 TINY_TOY = {
@@ -51,31 +51,6 @@ def write_recipe(tmp_path):
         return path
 
     return write
-
-
-def make_distribution(site: Path, name: str, version: str, modules: dict[str, str], entry_points: dict[str, str]) -> None:
-    """A fake installed distribution: importable modules plus a dist-info folder whose
-    entry_points.txt registers them in the ``kdcore`` group, as pip would lay it out."""
-    for module, source in modules.items():
-        path = site / Path(*module.split(".")).with_suffix(".py")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(source))
-    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    lines = "\n".join(f"{key} = {value}" for key, value in entry_points.items())
-    (info / "entry_points.txt").write_text(f"[kdcore]\n{lines}\n")
-
-
-@pytest.fixture
-def fake_site(tmp_path, monkeypatch):
-    """A directory on sys.path where tests lay out fake plugin distributions."""
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    yield site
-    for module in [m for m in sys.modules if m.startswith("fake_")]:
-        del sys.modules[module]
 
 
 def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:

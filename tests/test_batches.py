@@ -6,8 +6,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kdcore.nn import Split
-from kdcore.training.batches import evaluation_batches, training_batches
-from kdcore.training.evaluate import evaluate
+from kdcore.engine.accelerator import Accelerator, AcceleratorSettings
+from kdcore.engine.data import Augmentation, evaluation_batches, training_batches
+from kdcore.engine.evaluate import evaluate
+
+CPU = Accelerator.resolve(AcceleratorSettings(device="cpu"))
 
 
 class Ragged(Dataset):
@@ -39,16 +42,17 @@ def test_a_collate_split_gets_its_batches_transformed():
         return first_values(inputs) + torch.rand(1, generator=generator)
 
     generator = torch.Generator().manual_seed(0)
-    batches = list(training_batches(split, torch.arange(6), 4, False, generator, torch.device("cpu"), transform, 0))
+    batches = list(training_batches(split, torch.arange(6), 4, drop_last=False, generator=generator, device=CPU.device,
+                                    augmentation=Augmentation(transform)))
     assert [len(inputs) for inputs in seen] == [4, 2] and isinstance(seen[0], list)
-    for inputs, labels, index in batches:
+    for inputs, labels, index, _ in batches:
         assert torch.equal(labels, index % 3)
         assert torch.equal(inputs.floor().flatten(), index.float())  # each row came from its own sample
 
-    inputs, labels, index = next(evaluation_batches(split, 4, torch.device("cpu"), 0))
+    inputs, labels, index = next(evaluation_batches(split, 4, CPU.device))
     assert isinstance(inputs, list) and index.tolist() == [0, 1, 2, 3] and labels.tolist() == [0, 1, 2, 0]
     logits = nn.Sequential(nn.Flatten(), nn.Linear(1, 3))
-    metrics = evaluate(logits, split, torch.device("cpu"), batch_size=4, transform=first_values)
+    metrics = evaluate(logits, split, CPU, batch_size=4, transform=first_values)
     assert 0 <= metrics["top1"] <= 100
 
 
@@ -67,6 +71,7 @@ def test_a_dataset_split_without_collate_is_not_transformed():
         raise AssertionError("a Dataset split without collate transforms its items itself")
 
     generator = torch.Generator().manual_seed(0)
-    for inputs, _, index in training_batches(split, torch.arange(5), 2, False, generator, torch.device("cpu"), fail, 0):
+    for inputs, _, index, _ in training_batches(split, torch.arange(5), 2, drop_last=False, generator=generator,
+                                                device=CPU.device, augmentation=Augmentation(fail)):
         assert torch.equal(inputs[:, 0], index.float())
-    evaluate(nn.Linear(2, 3), split, torch.device("cpu"), batch_size=2, transform=fail)
+    evaluate(nn.Linear(2, 3), split, CPU, batch_size=2, transform=fail)

@@ -51,7 +51,7 @@ def test_plugins_kind_filter(monkeypatch, capsys):
 
 
 def test_unexpected_errors_are_one_line_unless_debug(write_recipe, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("kdcore.runner.Run.execute", lambda self: 1 / 0)
+    monkeypatch.setattr("kdcore.distill.run.Run.execute", lambda self: 1 / 0)
     code, _, err = run_cli(monkeypatch, capsys, "run", write_recipe(TINY_TOY), "--run-dir", tmp_path / "r")
     assert code == 1 and "ZeroDivisionError" in err and "--debug" in err and "Traceback" not in err
 

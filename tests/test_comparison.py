@@ -6,8 +6,9 @@ import json
 import pytest
 import yaml
 
-from kdcore import comparison
-from kdcore.report import collect, write_report
+from kdcore.results import comparison
+from kdcore.results.collect import collect
+from kdcore.results.report import write_report
 
 
 def fake_run(root, teacher, student, objective, method, seed, teacher_top1, student_top1, best_top1=None):

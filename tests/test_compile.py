@@ -24,11 +24,11 @@ def test_compiled_passes_train_as_eager_ones(registry, write_recipe, tmp_path):
 def test_the_cuda_graph_mode_compiles_and_marks_steps():
     """The CUDA-graph settings' calls (mode 'reduce-overhead', a step mark before each step)
     on a CPU, where PyTorch compiles without graphs: the same values as the eager module."""
-    from kdcore.training.performance import Performance
+    from kdcore.engine.accelerator import Accelerator
     from kdcore_toy.mlp import MLP
 
     torch._dynamo.reset()
-    graphs = Performance(device=torch.device("cpu"), bf16=False, channels_last=False, data_on_device=False,
+    graphs = Accelerator(device=torch.device("cpu"), bf16=False, channels_last=False, data_on_device=False,
                          compile=True, cuda_graphs=True, deterministic=True)
     model = MLP(4, [8], 3)
     training_pass = graphs.training_pass(model)

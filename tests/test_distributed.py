@@ -7,8 +7,8 @@ import sys
 
 import torch
 
-from kdcore.distributed import world_size
-from kdcore.training.batches import training_batches
+from kdcore.engine.distributed import world_size
+from kdcore.engine.data import training_batches
 from kdcore.nn import Split
 from tests.conftest import TINY_TOY
 
@@ -56,9 +56,9 @@ def test_each_process_takes_its_share_of_every_global_batch():
     shares = []
     for rank in (0, 1):
         generator = torch.Generator().manual_seed(3)
-        batches = training_batches(split, torch.arange(10), 4, False, generator, torch.device("cpu"), None, 0,
-                                   rank=rank, world_size=2)
-        shares.append([index.tolist() for _, _, index in batches])
+        batches = training_batches(split, torch.arange(10), 4, drop_last=False, generator=generator,
+                                   device=torch.device("cpu"), rank=rank, world_size=2)
+        shares.append([batch.index.tolist() for batch in batches])
     order = torch.randperm(10, generator=torch.Generator().manual_seed(3)).tolist()
     assert shares[0] == [order[0:2], order[4:6]] and shares[1] == [order[2:4], order[6:8]]  # last 2 dropped
     assert world_size() == 1

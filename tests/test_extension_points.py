@@ -9,10 +9,9 @@ from torch import nn
 
 from kdcore.api import DistillerSpec
 from kdcore.nn import Batch, Distiller, Preparation
-from kdcore.progress import ProgressSink
-from kdcore.recipe_loader import load_variants
+from kdcore.config.loader import load_variants
 from kdcore.registry import PluginInfo
-from kdcore.runner import Run
+from kdcore.distill.run import Run
 from tests.conftest import TINY_TOY
 
 
@@ -63,7 +62,7 @@ def test_preparation_runs_first_then_freezes_and_batch_expansion_reaches_both_ne
     recipe = copy.deepcopy(TINY_TOY)
     recipe["student"]["distillers"] = [{"name": "probe-head", "weight": 1.0}]
     [variant] = load_variants(write_recipe(recipe), [], patched)[1]
-    Run(variant.recipe, tmp_path / "run", patched, "", ProgressSink()).execute()
+    Run(variant.recipe, tmp_path / "run", patched).execute()
 
     prepared = tmp_path / "run/prepare-probe-head"
     log = [json.loads(line) for line in (prepared / "metrics.jsonl").read_text().splitlines()]

@@ -54,7 +54,8 @@ def test_bayes_accuracy_of_default_set_is_well_below_one(registry):
 def test_brier_score_ranks_models_as_their_mse_to_true_probabilities(registry):
     """E‖y − q‖² = E‖p* − q‖² + const: on held-out data the Brier score, which needs no p*,
     orders estimates of p* as their true squared distance does."""
-    from kdcore.training.evaluate import evaluate
+    from kdcore.engine.accelerator import Accelerator, AcceleratorSettings
+    from kdcore.engine.evaluate import evaluate
 
     test = build(registry, n_train=10, n_val=0, n_test=60000).test
     generator = torch.Generator().manual_seed(1)
@@ -62,7 +63,7 @@ def test_brier_score_ranks_models_as_their_mse_to_true_probabilities(registry):
 
     indexed = Split(inputs=torch.arange(len(test))[:, None].float(), labels=test.labels, true_probs=test.true_probs)
     results = [
-        evaluate(_Lookup(test.true_probs.log() + weight * noise), indexed, torch.device("cpu"), batch_size=8192)
+        evaluate(_Lookup(test.true_probs.log() + weight * noise), indexed, Accelerator.resolve(AcceleratorSettings(device="cpu")), batch_size=8192)
         for weight in (0.0, 0.3, 0.6, 1.0, 1.5)
     ]
     by_brier = sorted(range(5), key=lambda i: results[i]["brier"])

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from kdcore.nn import Split
-from kdcore.recipe import RuntimeConfig
-from kdcore.training.batches import training_batches
-from kdcore.training.performance import Performance
+from kdcore.engine.data import Augmentation, training_batches
+from kdcore.engine.accelerator import Accelerator, AcceleratorSettings
 from kdcore_vision.datasets.cifar import CIFAR100
 from kdcore_vision.transforms import CropFlipNormalize
 from tests.augmented_pair import train_pair
@@ -20,7 +19,7 @@ REFERENCE = {"device": "cuda", "precision": "fp32", "channels_last": False, "dat
 
 
 def test_every_fast_option_is_on_by_default_on_a_gpu():
-    fast = Performance.resolve(RuntimeConfig(), torch.device("cuda"))
+    fast = Accelerator.resolve(AcceleratorSettings(device="cuda"))
     assert (fast.bf16, fast.channels_last, fast.data_on_device, fast.compile, fast.cuda_graphs) == (True,) * 5
     assert not fast.deterministic
 
@@ -46,8 +45,8 @@ def test_device_resident_batches_are_sliced_and_augmented_without_waiting_for_th
     cuda = torch.device("cuda")
     split = Split(inputs=torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, device=cuda),
                   labels=torch.randint(0, 100, (256,), device=cuda))
-    batches = training_batches(split, torch.arange(256), 64, False, torch.Generator().manual_seed(0), cuda,
-                               CropFlipNormalize(CIFAR100.mean, CIFAR100.std), 0)
+    batches = training_batches(split, torch.arange(256), 64, drop_last=False, generator=torch.Generator().manual_seed(0),
+                               device=cuda, augmentation=Augmentation(CropFlipNormalize(CIFAR100.mean, CIFAR100.std)))
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:

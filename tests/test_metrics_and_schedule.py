@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from kdcore.nn import Split
-from kdcore.recipe import ScheduleConfig
-from kdcore.runner import _cross_entropy
-from kdcore.training.evaluate import evaluate
-from kdcore.training.schedule import learning_rate
+from kdcore.config.schema import ScheduleConfig
+from kdcore.distill.loss import masked_cross_entropy as _cross_entropy
+from kdcore.engine.accelerator import Accelerator, AcceleratorSettings
+from kdcore.engine.evaluate import evaluate
+from kdcore.engine.schedule import learning_rate
 
 
 class Fixed(torch.nn.Module):
@@ -28,7 +29,7 @@ def test_evaluate_matches_hand_computed_metrics():
     labels = torch.tensor([0, 2, 1, 0])
     true_probs = torch.tensor([[0.8, 0.1, 0.1], [0.2, 0.5, 0.3], [0.3, 0.3, 0.4], [1 / 3, 1 / 3, 1 / 3]])
     split = Split(inputs=torch.arange(4.0)[:, None], labels=labels, true_probs=true_probs)
-    metrics = evaluate(Fixed(logits), split, torch.device("cpu"), batch_size=3)
+    metrics = evaluate(Fixed(logits), split, Accelerator.resolve(AcceleratorSettings(device="cpu")), batch_size=3)
     q = logits.softmax(1)
     assert metrics["top1"] == pytest.approx(25.0)  # only sample 0 is right
     assert metrics["top5"] == pytest.approx(100.0)  # K = 3: top-5 is top-3
@@ -75,7 +76,7 @@ def test_cross_entropy_uses_only_labeled_samples():
 
 
 def test_distillers_never_see_the_labels_of_unlabeled_samples():
-    from kdcore.runner import _usable_labels
+    from kdcore.distill.student import _usable_labels
 
     split = Split(inputs=torch.zeros(4, 1), labels=torch.tensor([3, 1, 2, 0]),
                   labeled=torch.tensor([True, False, True, False]))

@@ -7,7 +7,7 @@ import torch
 
 from kdcore.api import DistillerContext
 from kdcore.nn import Batch
-from kdcore.training.evaluate import _batch_sums
+from kdcore.engine.evaluate import _batch_sums
 from kdcore_toy.noisy_bayes import perturb
 
 TRUE = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3]], dtype=torch.float64)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kdcore.recipe_loader import load_variants
+from kdcore.config.loader import load_variants
 from kdcore_distillers.published import DKD_BETA, PUBLISHED_CE_WEIGHTS, PUBLISHED_WEIGHTS, REVIEWKD_WEIGHT
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"

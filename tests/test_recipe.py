@@ -3,7 +3,7 @@
 import pytest
 
 from kdcore.errors import KdcoreError
-from kdcore.recipe_loader import load_variants
+from kdcore.config.loader import load_variants
 from tests.conftest import TINY_TOY
 
 RECIPE = """\

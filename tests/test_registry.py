@@ -9,7 +9,7 @@ import pytest
 
 from kdcore.errors import KdcoreError
 from kdcore.registry import load_registry
-from tests.conftest import make_distribution
+from kdcore.testing import make_distribution
 
 GOOD_DISTILLER = """
 from kdcore.api import DistillerSpec, hookimpl

@@ -7,7 +7,9 @@ import pytest
 import yaml
 
 from kdcore.errors import KdcoreError
-from kdcore.report import aggregate, collect, write_report
+from kdcore.results.collect import collect
+from kdcore.results.report import write_report
+from kdcore.results.tables import aggregate
 
 
 def fake_run(directory, objective, seed, teacher_top1, student_top1, mse):
@@ -41,7 +43,7 @@ def test_no_finished_runs_is_an_error(tmp_path):
 
 
 def test_spearman_matches_hand_ranks_with_ties():
-    from kdcore.report import spearman
+    from kdcore.results.statistics import spearman
 
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -70,7 +72,7 @@ def test_teacher_free_runs_use_their_distillers_distances(tmp_path):
 
 
 def test_teachers_ranked_by_brier_and_curve_over_the_varying_numeric_field(tmp_path):
-    from kdcore.report import teacher_ranking, varying_numeric_field
+    from kdcore.results.tables import teacher_ranking, varying_numeric_field
 
     for labels in (500, 4000):
         for objective, brier, top1 in (("ce", 0.30, 60.0), ("mse", 0.25, 62.0)):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from kdcore.errors import KdcoreError
-from kdcore.taps import FeatureRecorder, feature_shapes
+from kdcore.distill.taps import FeatureRecorder, feature_shapes
 
 
 class Net(nn.Module):

@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 
-from kdcore.recipe_loader import load_variants
-from kdcore.teacher_store import teacher_key
+from kdcore.config.loader import load_variants
+from kdcore.distill.store import teacher_key
 from tests.conftest import TINY_TOY, run_cli
 
 

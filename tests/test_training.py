@@ -15,10 +15,10 @@ from torch import nn
 
 from kdcore.api import ObjectiveSpec
 from kdcore.errors import NonFiniteLossError
-from kdcore.progress import ProgressSink
-from kdcore.recipe_loader import load_variants
+from kdcore.callbacks import Callback
+from kdcore.config.loader import load_variants
 from kdcore.registry import PluginInfo
-from kdcore.runner import Run
+from kdcore.distill.run import Run
 from tests.conftest import TINY_TOY, run_cli
 
 
@@ -162,7 +162,7 @@ def test_non_finite_loss_stops_with_stage_epoch_and_term_keeping_last_good_check
     recipe["teacher"]["objective"] = {"name": "nan-after"}
     [variant] = load_variants(write_recipe(recipe), [], patched)[1]
     with pytest.raises(NonFiniteLossError, match=r"teacher stage, epoch 2: loss term '(loss|nan-after)' is nan"):
-        Run(variant.recipe, tmp_path / "run", patched, "", ProgressSink()).execute()
+        Run(variant.recipe, tmp_path / "run", patched).execute()
     state = torch.load(tmp_path / "run/teacher/checkpoint.pt", weights_only=True)
     assert state["epochs_done"] == 1
     assert all(torch.isfinite(t).all() for t in state["trainable"].values())
@@ -187,16 +187,16 @@ def test_matrix_run_writes_report_with_one_row_per_group(write_recipe, tmp_path,
 
 
 def test_cached_teacher_features_equal_computed_ones():
-    from kdcore.nn import Batch, DatasetBundle, Split
-    from kdcore.runner import _cached_targets
-    from kdcore.taps import FeatureRecorder
+    from kdcore.distill.student import _cached_targets
+    from kdcore.distill.taps import FeatureRecorder
+    from kdcore.nn import Batch, Split
     from kdcore_toy.mlp import MLP
 
     teacher = MLP(4, [6, 5], 3).eval().requires_grad_(False)
     recorder = FeatureRecorder(teacher, {"stages": ("layers.1", "layers.3")}, ["stages"])
     split = Split(inputs=torch.randn(10, 4), labels=torch.zeros(10, dtype=torch.long))
     batch = Batch(inputs=split.inputs[[7, 2, 5]], labels=torch.zeros(3), index=torch.tensor([7, 2, 5]), epoch=0, epochs=1)
-    cached = _cached_targets(recorder, DatasetBundle(3, (4,), split, split), torch.device("cpu"), 4)(batch)
+    cached = _cached_targets(recorder, split, torch.device("cpu"), 4)(batch)
     computed = recorder(batch.inputs)
     assert torch.allclose(cached["logits"], computed["logits"], atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(cached["stages"], computed["stages"]))
@@ -218,13 +218,13 @@ def test_student_alone_without_a_teacher(write_recipe, tmp_path, monkeypatch, ca
 
 
 def test_non_finite_outputs_on_held_out_data_stop_the_stage(registry, write_recipe, tmp_path, monkeypatch):
-    from kdcore.training import evaluate as evaluation
+    from kdcore.engine import evaluate as evaluation
 
     real = evaluation._batch_sums
     monkeypatch.setattr(evaluation, "_batch_sums", lambda logits, labels, p: real(logits * float("nan"), labels, p))
     [variant] = load_variants(write_recipe(TINY_TOY), [], registry)[1]
     with pytest.raises(NonFiniteLossError, match=r"teacher stage, epoch 1: the network's outputs on the val split are not finite"):
-        Run(variant.recipe, tmp_path / "run", registry, "", ProgressSink()).execute()
+        Run(variant.recipe, tmp_path / "run", registry).execute()
 
 
 @pytest.mark.parametrize("deterministic", [None, False])
@@ -238,15 +238,15 @@ def test_a_run_sets_its_kernel_choice_inside_and_restores_the_callers_settings(
         return (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory,
                 torch.backends.cudnn.benchmark)
 
-    class Spy(ProgressSink):
-        def begin(self, run, stage, total_steps, done_steps):
-            seen[stage] = settings()
+    class Spy(Callback):
+        def on_stage_start(self, stage):
+            seen[stage.stage] = settings()
 
     recipe = copy.deepcopy(TINY_TOY)
     recipe["runtime"]["deterministic"] = deterministic
     before = settings()
     [variant] = load_variants(write_recipe(recipe), [], registry)[1]
-    Run(variant.recipe, tmp_path / "run", registry, "", Spy()).execute()
+    Run(variant.recipe, tmp_path / "run", registry, callbacks=Spy()).execute()
     expected = (True, False, False) if deterministic is None else (False, False, True)
     assert seen == {"teacher": expected, "student": expected}
     assert settings() == before

@@ -10,7 +10,7 @@ from torch import nn
 from kdcore.api import DistillerContext
 from kdcore.errors import KdcoreError
 from kdcore.nn import Batch, Preparation
-from kdcore.recipe import OptimizerConfig, ScheduleConfig
+from kdcore.config.schema import OptimizerConfig, ScheduleConfig
 from kdcore_distillers.hsakd import AuxiliaryBranch, BasicBlock, Bottleneck, joint_labels
 
 

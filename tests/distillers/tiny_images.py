@@ -10,10 +10,8 @@ import torch
 
 from kdcore.api import DatasetSpec
 from kdcore.nn import DatasetBundle, Split
-from kdcore.progress import ProgressSink
-from kdcore.recipe_loader import load_variants
-from kdcore.registry import PluginInfo, Registry
-from kdcore.runner import Run
+from kdcore.registry import Registry
+from kdcore.testing import run_recipe
 
 NUM_CLASSES = 4
 
@@ -34,8 +32,6 @@ def build_tiny_images(params, ctx) -> DatasetBundle:
 def run_resnet8_pair(registry: Registry, write_recipe, directory: Path, distiller: dict, epochs: int = 1) -> Path:
     """Train a resnet8 teacher (CE) and distil a resnet8 student with ``distiller`` (a recipe
     entry), ``epochs`` each, batch 16; returns the run directory."""
-    patched = registry.with_component("dataset", DatasetSpec(name="tiny-images", summary="test", build=build_tiny_images),
-                                      PluginInfo("t", "tests", "0"))
     recipe = {
         "name": "tiny-images",
         "seed": 0,
@@ -47,8 +43,8 @@ def run_resnet8_pair(registry: Registry, write_recipe, directory: Path, distille
                     "batch_size": 16},
         "runtime": {"device": "cpu", "threads": 1},
     }
-    [variant] = load_variants(write_recipe(recipe), [], patched)[1]
-    Run(variant.recipe, directory, patched, "", ProgressSink()).execute()
+    tiny_images = DatasetSpec(name="tiny-images", summary="test", build=build_tiny_images)
+    run_recipe(recipe, directory, registry, components=[tiny_images])
     return directory
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from kdcore.api import ArchitectureContext
-from kdcore.progress import RichProgress
+from kdcore.runs.progress import RichProgress
 from tests.conftest import run_cli
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -90,13 +90,13 @@ def records(path: Path) -> list[dict]:
 def stage_steps(monkeypatch):
     """Total steps each (run, stage) announces to the progress bars: epochs × steps per epoch."""
     seen: dict[tuple[str, str], int] = {}
-    original = RichProgress.begin
+    original = RichProgress.on_stage_start
 
-    def begin(self, run, stage, total_steps, done_steps):
-        seen[(run, stage)] = total_steps
-        original(self, run, stage, total_steps, done_steps)
+    def on_stage_start(self, stage):
+        seen[(stage.run, stage.stage)] = stage.steps_per_epoch * stage.epochs
+        original(self, stage)
 
-    monkeypatch.setattr(RichProgress, "begin", begin)
+    monkeypatch.setattr(RichProgress, "on_stage_start", on_stage_start)
     return seen
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kdcore.recipe import Recipe
+from kdcore.config.schema import Recipe
 
 
 def teacher_key(recipe: Recipe) -> str:
@@ -39,11 +38,3 @@ def exclusive(directory: Path) -> Iterator[None]:
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
-
-def link_teacher(run_directory: Path, stored: Path) -> None:
-    """Make ``run_directory/teacher`` point at the stored teacher (a relative link)."""
-    link = run_directory / "teacher"
-    run_directory.mkdir(parents=True, exist_ok=True)
-    if link.is_symlink() or link.exists():
-        return
-    os.symlink(os.path.relpath(stored, run_directory), link, target_is_directory=True)

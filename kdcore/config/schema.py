@@ -15,12 +15,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from kdcore.api import ArchitectureSpec, DatasetSpec, DistillerSpec, LoggerSpec, ObjectiveSpec, RuntimeOptionSpec
 from kdcore.registry import Registry, unknown_name_message
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -66,15 +69,19 @@ def _registry(info: ValidationInfo) -> Registry | None:
 
 
 class ObjectiveRef(ComponentRef):
-    kind = "objective"
+    kind = ObjectiveSpec.kind
 
 
 class DatasetRef(ComponentRef):
-    kind = "dataset"
+    kind = DatasetSpec.kind
+
+
+class LoggerRef(ComponentRef):
+    kind = LoggerSpec.kind
 
 
 class ArchitectureRef(ComponentRef):
-    kind = "architecture"
+    kind = ArchitectureSpec.kind
     taps: dict[str, str | list[str]] = Field(
         default_factory=dict,
         description="extra feature taps by module path, added to the architecture's own",
@@ -82,11 +89,25 @@ class ArchitectureRef(ComponentRef):
 
 
 class DistillerRef(ComponentRef):
-    kind = "distiller"
-    weight: Annotated[float, Field(ge=0)] = 1.0
+    kind = DistillerSpec.kind
+    weight: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, validate_default=True,
+        description="multiplies the distiller's terms; defaults to its published weight",
+    )
     label: Annotated[str, Field(pattern=NAME_PATTERN)] | None = Field(
         default=None, description="name of the loss term in logs; defaults to the distiller name"
     )
+
+    @field_validator("weight")
+    @classmethod
+    def _published_weight(cls, weight: float | None, info: ValidationInfo) -> float:
+        """An unset weight is the distiller's published one (1 when no registry says)."""
+        if weight is not None:
+            return weight
+        registry = _registry(info)
+        if registry is None or "name" not in info.data:
+            return 1.0
+        return float(registry.get(cls.kind, info.data["name"]).spec.published_weight)
 
     @property
     def term(self) -> str:
@@ -217,6 +238,39 @@ class RuntimeConfig(Strict):
         description="deterministic kernels, so a seed gives the same weights every time; off: cuDNN picks "
         "the fastest kernels (benchmark mode); default: on a CPU, off on a GPU",
     )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the runtime options that plugins add (written as runtime: {<option>: value})",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plugin_options(cls, data: Any, info: ValidationInfo) -> Any:
+        """Move the options plugins register (:class:`kdcore.api.RuntimeOptionSpec`) from the
+        section's keys into ``options``, validated by their types, with their defaults."""
+        registry = _registry(info)
+        if registry is None or not isinstance(data, dict):
+            return data
+        data = dict(data)
+        given = dict(data.pop("options", None) or {})
+        for key in [k for k in data if k in registry.components[RuntimeOptionSpec.kind]]:
+            given[key] = data.pop(key)
+        options = {}
+        for name in registry.names(RuntimeOptionSpec.kind):
+            spec = registry.get(RuntimeOptionSpec.kind, name).spec
+            if name not in given:
+                options[name] = spec.default
+                continue
+            try:
+                options[name] = TypeAdapter(spec.type).validate_python(given.pop(name))
+            except ValidationError as error:
+                problem = error.errors()[0]["msg"]
+                raise PydanticCustomError("runtime_option", "{message}",
+                                          {"message": f"runtime.{name}: {problem} ({spec.summary})"}) from None
+        if given:
+            data.update(given)  # unknown keys: rejected as such, with the allowed ones listed
+        data["options"] = options
+        return data
 
     @model_validator(mode="after")
     def _graphs_need_compile(self) -> RuntimeConfig:
@@ -235,7 +289,8 @@ class Recipe(Strict):
         default=None, description="omit to train the student alone (baselines, teacher-free distillers)"
     )
     student: StudentStage | None = None
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    runtime: RuntimeConfig = Field(default_factory=dict, validate_default=True)
+    loggers: list[LoggerRef] = Field(default_factory=list, description="experiment trackers for every run")
 
     @model_validator(mode="after")
     def _stages_inherit_optimisation(self) -> Recipe:

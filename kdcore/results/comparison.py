@@ -10,10 +10,8 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from kdcore.report import RunResult
+from kdcore.results.collect import RunResult
 
 BASELINE_OBJECTIVE = "ce"
 SELECTIONS = {"last epoch": ("test",), "best on validation": ("best_val", "test")}
@@ -45,38 +43,12 @@ class Comparison:
         return [s for s in SELECTIONS if any(key[0] == s for key in self.cells)]
 
 
-def recipe_fields(recipe: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A resolved recipe as ``{"data.params.labeled": 500, ...}`` (matrix overrides left out)."""
-    if not isinstance(recipe, dict):
-        return {prefix.rstrip("."): recipe}
-    return {field: value for key, child in recipe.items() if key != "overrides"
-            for field, value in recipe_fields(child, f"{prefix}{key}.").items()}
-
-
-def method_of(recipe: dict[str, Any]) -> str:
-    distillers = (recipe.get("student") or {}).get("distillers") or []
-    return "+".join(d.get("label") or d["name"] for d in distillers) or "(labels only)"
-
-
-def pair_of(recipe: dict[str, Any]) -> str:
-    teacher = recipe.get("teacher") or {"arch": {"name": "(no teacher)"}}
-    return f"{teacher['arch']['name']}→{recipe['student']['arch']['name']}"
-
-
-def objective_of(recipe: dict[str, Any]) -> str:
-    if not recipe.get("teacher"):
-        return "none"
-    objective = recipe["teacher"].get("objective")
-    return objective["name"] if objective else "checkpoint"
-
-
 def compare(results: list[RunResult]) -> Comparison:
     table = Comparison()
     for result in results:
-        recipe = result.recipe
-        if not recipe.get("student") or "student" not in result.summary:
+        if not result.recipe.get("student") or "student" not in result.summary:
             continue
-        pair, objective, method = pair_of(recipe), objective_of(recipe), method_of(recipe)
+        pair, objective, method = result.pair, result.objective, result.method
         for collection, value in ((table.pairs, pair), (table.objectives, objective), (table.methods, method)):
             if value not in collection:
                 collection.append(value)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -13,49 +14,83 @@ from kdcore.errors import KdcoreError
 from kdcore.nn import BatchTransform, Split
 
 
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How batches of a ``Dataset`` split are read (in-memory splits need none of this)."""
+
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The random transform of training batches, and the other views some methods ask for."""
+
+    transform: BatchTransform | None = None
+    views: Mapping[str, BatchTransform] = field(default_factory=dict)
+
+
+class LoadedBatch(NamedTuple):
+    inputs: Tensor
+    labels: Tensor
+    index: Tensor
+    views: dict[str, Tensor]
+
+
 def training_batches(
     split: Split,
     indices: Tensor,
     batch_size: int,
+    *,
     drop_last: bool,
     generator: torch.Generator,
     device: torch.device,
-    transform: BatchTransform | None,
-    num_workers: int,
+    augmentation: Augmentation = Augmentation(),
+    loader: LoaderSettings = LoaderSettings(),
     rank: int = 0,
     world_size: int = 1,
-) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """Shuffled ``(inputs, labels, sample index)`` batches over ``indices`` of the split.
+) -> Iterator[LoadedBatch]:
+    """Shuffled batches over ``indices`` of the split: inputs, labels, sample index, and the
+    requested views of the same samples (each made from the stored inputs, after the main
+    transform, with the same generator).
 
     All randomness (order, augmentation) comes from ``generator``, whose state a checkpoint
     saves, so a resumed run sees exactly the batches an uninterrupted one would. With several
     processes, ``batch_size`` is the global batch: every process draws the same order and takes
     its ``rank``-th share of each batch; an incomplete last batch is dropped, so that all
-    processes take the same steps and draw the same random numbers. The transform applies where
-    :attr:`Split.batch_transformed` says so.
+    processes take the same steps and draw the same random numbers. The augmentation applies
+    where :attr:`Split.batch_transformed` says so.
     """
     order = indices[torch.randperm(len(indices), generator=generator)]
     usable = len(order) - len(order) % batch_size if drop_last or world_size > 1 else len(order)
     order = _share(order[:usable], batch_size, rank, world_size)
     usable = len(order)
     batch_size //= world_size
+    if augmentation.views and not split.batch_transformed:
+        raise KdcoreError(f"augmented views ({', '.join(augmentation.views)}) need a dataset whose batches "
+                          "are transformed whole (in memory, or with a collate)")
     if split.in_memory:
         # the order goes where the data is, once per epoch: indexing device data with CPU indices
         # would copy them there, and wait for the device, at every batch
         order = order.to(split.inputs.device, non_blocking=True)
         for start in range(0, usable, batch_size):
             index = order[start : start + batch_size]
-            inputs = split.inputs[index].to(device, non_blocking=True)
-            if transform is not None:
-                inputs = transform(inputs, generator)
-            yield inputs, split.labels[index].to(device, non_blocking=True), index.to(device, non_blocking=True)
+            inputs, views = _augment(split.inputs[index].to(device, non_blocking=True), augmentation, generator)
+            yield LoadedBatch(inputs, split.labels[index].to(device, non_blocking=True),
+                              index.to(device, non_blocking=True), views)
         return
-    loader = _loader(split, order, batch_size, num_workers, pin_memory=device.type == "cuda")
-    for (inputs, labels), index in zip(loader, order.split(batch_size)):
-        inputs = _to_device(inputs, device)
-        if transform is not None and split.batch_transformed:
-            inputs = transform(inputs, generator)
-        yield inputs, labels.to(device, non_blocking=True), index.to(device)
+    batches = _loader(split, order, batch_size, loader, pin_memory=device.type == "cuda")
+    for (stored, labels), index in zip(batches, order.split(batch_size)):
+        stored = _to_device(stored, device)
+        if split.batch_transformed:
+            inputs, views = _augment(stored, augmentation, generator)
+        else:
+            inputs, views = stored, {}
+        yield LoadedBatch(inputs, labels.to(device, non_blocking=True), index.to(device), views)
+
+
+def _augment(stored: Any, augmentation: Augmentation, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    inputs = stored if augmentation.transform is None else augmentation.transform(stored, generator)
+    return inputs, {name: view(stored, generator) for name, view in augmentation.views.items()}
 
 
 def _share(order: Tensor, batch_size: int, rank: int, world_size: int) -> Tensor:
@@ -71,7 +106,8 @@ def _share(order: Tensor, batch_size: int, rank: int, world_size: int) -> Tensor
 
 
 def evaluation_batches(
-    split: Split, batch_size: int, device: torch.device, num_workers: int, rank: int = 0, world_size: int = 1
+    split: Split, batch_size: int, device: torch.device, loader: LoaderSettings = LoaderSettings(),
+    rank: int = 0, world_size: int = 1,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """``(inputs, labels, sample index)`` in order, without augmentation and, for a split with a
     ``collate``, inputs as it returned them (the caller applies the eval transform); with several
@@ -82,15 +118,15 @@ def evaluation_batches(
             index = positions[start : start + batch_size]
             yield split.inputs[index].to(device), split.labels[index].to(device), index.to(device)
         return
-    loader = _loader(split, positions, batch_size, num_workers)
-    for (inputs, labels), index in zip(loader, positions.split(batch_size)):
+    batches = _loader(split, positions, batch_size, loader)
+    for (inputs, labels), index in zip(batches, positions.split(batch_size)):
         yield _to_device(inputs, device), labels.to(device), index.to(device)
 
 
-def _loader(split: Split, order: Tensor, batch_size: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
+def _loader(split: Split, order: Tensor, batch_size: int, settings: LoaderSettings, pin_memory: bool = False) -> DataLoader:
     """Batches of the split's ``Dataset`` in ``order``: consecutive chunks of ``batch_size`` samples,
     so the sample indices of each batch are the matching chunk of ``order``."""
-    return DataLoader(split.inputs, batch_size=batch_size, sampler=order.tolist(), num_workers=num_workers,
+    return DataLoader(split.inputs, batch_size=batch_size, sampler=order.tolist(), num_workers=settings.num_workers,
                       pin_memory=pin_memory, collate_fn=split.collate)
 
 

@@ -10,7 +10,6 @@ student's error) and ``ce_to_true`` = mean −Σ p* log q.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -18,11 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdcore import distributed
+from kdcore.engine.accelerator import Accelerator
+from kdcore.engine.data import LoaderSettings, evaluation_batches
 from kdcore.nn import Split
-from kdcore.training.batches import evaluation_batches
-from kdcore.training.performance import Performance
-
 
 ECE_BINS = 15
 
@@ -31,11 +28,10 @@ ECE_BINS = 15
 def evaluate(
     model: nn.Module,
     split: Split,
-    device: torch.device,
+    accelerator: Accelerator,
     batch_size: int,
     transform: Callable[[Any], Tensor] | None = None,
-    num_workers: int = 0,
-    performance: Performance | None = None,
+    loader: LoaderSettings = LoaderSettings(),
 ) -> dict[str, float]:
     """Metrics over the whole split; with several processes each evaluates its share and the
     sums are added up across them. ``transform`` applies where :attr:`Split.batch_transformed`
@@ -44,23 +40,23 @@ def evaluate(
     model.eval()
     totals: dict[str, Tensor] = {}
     count = 0
-    shard = (distributed.rank(), distributed.world_size())
-    for inputs, labels, index in evaluation_batches(split, batch_size, device, num_workers, *shard):
+    device = accelerator.device
+    shard = (accelerator.rank(), accelerator.world_size())
+    for inputs, labels, index in evaluation_batches(split, batch_size, device, loader, *shard):
         if transform is not None and split.batch_transformed:
             inputs = transform(inputs)
-        if performance is not None:
-            inputs = performance.inputs(inputs)
-        with performance.autocast() if performance is not None else contextlib.nullcontext():
+        inputs = accelerator.inputs(inputs)
+        with accelerator.autocast():
             logits = model(inputs).float()
         true_probs = split.true_probs[index.cpu()].to(device) if split.true_probs is not None else None
         for name, value in _batch_sums(logits, labels, true_probs).items():
             totals[name] = totals.get(name, 0) + value
         count += len(labels)
     model.train(was_training)
-    if distributed.active():
-        totals = {name: distributed.sum_across_ranks(torch.as_tensor(total, device=device).clone())
+    if accelerator.several_processes():
+        totals = {name: accelerator.sum_across_ranks(torch.as_tensor(total, device=device).clone())
                   for name, total in totals.items()}
-        count = int(distributed.sum_across_ranks(torch.tensor(count, device=device)))
+        count = int(accelerator.sum_across_ranks(torch.tensor(count, device=device)))
     bins = totals.pop("ece_bins")
     metrics = {name: float(total) / count for name, total in totals.items()}
     metrics["top1"] *= 100

@@ -7,13 +7,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 
-from kdcore.recipe import OptimizerConfig, ScheduleConfig
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """SGD's settings."""
+
+    lr: float
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
 
 
-def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: OptimizerConfig) -> torch.optim.Optimizer:
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """``constant``, ``multistep`` (``milestones``, ``gamma``) or ``cosine`` (to ``min_lr``)."""
+
+    name: str = "constant"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    min_lr: float = 0.0
+
+
+def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: OptimizerSettings) -> torch.optim.Optimizer:
     """SGD updating all tensors at once: one fused kernel on GPUs, the multi-tensor (foreach)
     implementation elsewhere (PyTorch's default picks neither on CPUs)."""
     parameters = list(parameters)
@@ -28,7 +47,7 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: OptimizerC
     )
 
 
-def learning_rate(base_lr: float, schedule: ScheduleConfig, epoch: int, epochs: int) -> float:
+def learning_rate(base_lr: float, schedule: ScheduleSettings, epoch: int, epochs: int) -> float:
     """The lr of ``epoch`` (counted from 0).
 
     multistep: ``base · gamma^(number of milestones ≤ epoch)``: with milestones 150/180/210 the

@@ -6,13 +6,10 @@ import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from kdcore import comparison
-
-if TYPE_CHECKING:
-    from kdcore.comparison import Comparison
-    from kdcore.report import RunResult
+from kdcore.results import comparison
+from kdcore.results.collect import RunResult, recipe_fields
+from kdcore.runs.layout import METRICS, MODEL_SELECTION
 
 
 def _pyplot():
@@ -64,7 +61,7 @@ def bcpd_scatter(path: Path, results: list[RunResult]) -> Path:
     return path
 
 
-def objective_differences(path: Path, table: Comparison) -> list[Path]:
+def objective_differences(path: Path, table: comparison.Comparison) -> list[Path]:
     """Bars of (student top-1 with this teacher objective) − (with a CE teacher), per method and
     pair, last-epoch weights. Nothing is drawn without a CE baseline and another objective."""
     baseline = comparison.BASELINE_OBJECTIVE
@@ -88,12 +85,12 @@ def learning_curves(path: Path, results: list[RunResult]) -> list[Path]:
     """Student held-out top-1 per epoch, mean over the seeds of each group."""
     curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for result in results:
-        log = result.directory / "student" / "metrics.jsonl"
+        log = result.directory / "student" / METRICS
         if not log.exists():
             continue
         for line in log.read_text().splitlines():
             record = json.loads(line)
-            key = "val/top1" if "val/top1" in record else "test/top1"
+            key = MODEL_SELECTION if MODEL_SELECTION in record else "test/top1"
             if key in record:
                 curves[result.group][record["epoch"]].append(record[key])
     if not curves:
@@ -114,8 +111,8 @@ def accuracy_curve(path: Path, results: list[RunResult], field: str) -> list[Pat
     for result in results:
         top1 = result.metric("student", "test", "top1")
         if top1 is not None:
-            label = f"{comparison.objective_of(result.recipe)} teacher, {comparison.method_of(result.recipe)}"
-            lines[label][comparison.recipe_fields(result.recipe)[field]].append(top1)
+            label = f"{result.objective} teacher, {result.method}"
+            lines[label][recipe_fields(result.recipe)[field]].append(top1)
     if not lines:
         return []
     plt = _pyplot()

@@ -15,7 +15,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from kdcore.errors import KdcoreError
-from kdcore.recipe import ComponentRef, Recipe
+from kdcore.api import RuntimeOptionSpec
+from kdcore.config.schema import ComponentRef, Recipe, RuntimeConfig
 from kdcore.registry import Registry
 
 Location = tuple[str | int, ...]
@@ -278,7 +279,10 @@ def _allowed_keys(location: Location, data: Any, registry: Registry | None) -> l
             if model is None:
                 return None
         node = node.get(part) if isinstance(node, dict) else None
-    return sorted(model.model_fields)
+    allowed = set(model.model_fields)
+    if model is RuntimeConfig and registry is not None:
+        allowed |= set(registry.names(RuntimeOptionSpec.kind))
+    return sorted(allowed)
 
 
 def _field_model(model: type[BaseModel], field_name: str) -> type[BaseModel] | None:

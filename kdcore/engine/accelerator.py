@@ -1,6 +1,6 @@
-"""Speed settings of a run, resolved for its device: bf16 autocast, channels-last images,
-in-memory datasets kept on the device, compiled passes replayed as CUDA graphs, and the choice
-between deterministic and fastest kernels.
+"""Where and how a run computes, as one object: the device, bf16 autocast, channels-last images,
+in-memory datasets kept on the device, compiled passes replayed as CUDA graphs, the choice
+between deterministic and fastest kernels, and the processes training together (torchrun).
 
 Defaults: on a GPU everything is on (CUDA graphs not under torchrun) and kernels are picked
 for speed; on a CPU only channels-last is on (about 1.2× faster CPU convolutions, measured in
@@ -17,14 +17,33 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from kdcore import distributed
+from kdcore.engine import distributed
 from kdcore.errors import KdcoreError
 from kdcore.nn import DatasetBundle, Split
-from kdcore.recipe import RuntimeConfig
 
 
 @dataclass(frozen=True)
-class Performance:
+class AcceleratorSettings:
+    """What a run asks for; ``None`` means the device's default (see the module docstring)."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    data_on_device: bool | None = None
+    compile: bool | None = None
+    cuda_graphs: bool | None = None
+    deterministic: bool | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the GPU when there is one (with several processes, this process's GPU)."""
+    if name == "auto":
+        return torch.device(f"cuda:{distributed.local_rank()}" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Accelerator:
     device: torch.device
     bf16: bool
     channels_last: bool
@@ -34,23 +53,39 @@ class Performance:
     deterministic: bool
 
     @classmethod
-    def resolve(cls, runtime: RuntimeConfig, device: torch.device) -> Performance:
+    def resolve(cls, settings: AcceleratorSettings) -> Accelerator:
+        device = resolve_device(settings.device)
         on_gpu = device.type == "cuda"
-        if runtime.cuda_graphs and not on_gpu:
+        if settings.cuda_graphs and not on_gpu:
             raise KdcoreError(f"runtime.cuda_graphs needs a CUDA device, and this run trains on {device}; "
                               "remove cuda_graphs or set runtime.device: cuda")
-        compiled = on_gpu if runtime.compile is None else runtime.compile
+        compiled = on_gpu if settings.compile is None else settings.compile
         return cls(
             device=device,
-            bf16=runtime.precision == "bf16" or (runtime.precision == "auto" and on_gpu),
-            channels_last=runtime.channels_last,
-            data_on_device=on_gpu if runtime.data_on_device is None else runtime.data_on_device,
+            bf16=settings.precision == "bf16" or (settings.precision == "auto" and on_gpu),
+            channels_last=settings.channels_last,
+            data_on_device=on_gpu if settings.data_on_device is None else settings.data_on_device,
             compile=compiled,
             # DistributedDataParallel's gradient hooks do not replay in a graph
-            cuda_graphs=compiled and on_gpu and not distributed.launched() if runtime.cuda_graphs is None
-            else runtime.cuda_graphs,
-            deterministic=not on_gpu if runtime.deterministic is None else runtime.deterministic,
+            cuda_graphs=compiled and on_gpu and not distributed.launched() if settings.cuda_graphs is None
+            else settings.cuda_graphs,
+            deterministic=not on_gpu if settings.deterministic is None else settings.deterministic,
         )
+
+    # the processes that train together (one, without torchrun)
+    is_main = staticmethod(distributed.is_main)
+    several_processes = staticmethod(distributed.active)
+    rank = staticmethod(distributed.rank)
+    world_size = staticmethod(distributed.world_size)
+    barrier = staticmethod(distributed.barrier)
+    sum_across_ranks = staticmethod(distributed.sum_across_ranks)
+    average_gradients = staticmethod(distributed.average_gradients)
+    identical_across_ranks = staticmethod(distributed.identical_across_ranks)
+
+    def trained(self, network: nn.Module) -> Callable[[Tensor], Tensor]:
+        """What a training step calls to run a network it trains: wrapped for several
+        processes (DistributedDataParallel), then compiled when compilation is on."""
+        return self.training_pass(distributed.wrap(network))
 
     @contextlib.contextmanager
     def process_settings(self) -> Iterator[None]:

@@ -1,1 +1,0 @@
-"""The trainer: stages, batches, evaluation, checkpoints."""
