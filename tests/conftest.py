@@ -18,6 +18,13 @@ def registry(kdcore_registry):
     return kdcore_registry
 
 
+def published_weights() -> dict[str, float]:
+    """Each installed distiller's published loss weight, as its spec declares it."""
+    from kdcore.registry import load_registry
+
+    return {c.name: c.spec.published_weight for c in load_registry().all_components() if c.kind == "distiller"}
+
+
 TINY_TOY = {
     "name": "tiny",
     "seed": 0,

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from kdcore.config.loader import load_variants
-from kdcore_distillers.published import DKD_BETA, PUBLISHED_CE_WEIGHTS, PUBLISHED_WEIGHTS, REVIEWKD_WEIGHT
+from kdcore_distillers.published import DKD_BETA, PUBLISHED_CE_WEIGHTS, REVIEWKD_WEIGHT
+from tests.conftest import published_weights
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -58,6 +59,8 @@ EXPECTED_RUNS: dict[str, int] = {
 }
 
 _cache: dict[str, list] = {}
+
+PUBLISHED = published_weights()
 
 
 def variants(relative: str, registry) -> list:
@@ -130,7 +133,7 @@ def test_table1_pair(teacher, student, registry):
         assert len(members) == 10
         for r in members:
             assert len(r.student.distillers) == 1  # REP form: no KD term
-            assert r.student.distillers[0].weight == PUBLISHED_WEIGHTS[method]
+            assert r.student.distillers[0].weight == PUBLISHED[method]
             assert r.student.ce_weight == PUBLISHED_CE_WEIGHTS[method] == 1.0
 
 
@@ -143,17 +146,17 @@ def test_table1_lower_part_reviewkd_dkd_hsakd_per_pair(teacher, student, registr
     pair = (REP_NAMES[teacher], REP_NAMES[student])
     published = DKD_BETA.get(pair)
     beta = published if published is not None else CHOSEN_DKD_BETA[(teacher, student)]
-    review_weight = REVIEWKD_WEIGHT.get(pair, PUBLISHED_WEIGHTS["reviewkd"])
+    review_weight = REVIEWKD_WEIGHT.get(pair, PUBLISHED["reviewkd"])
     for r in runs:
         (method,) = r.student.distillers
         assert r.student.ce_weight == 1.0
         if method.name == "dkd":
-            assert method.weight == PUBLISHED_WEIGHTS["dkd"] and method.params.beta == beta
+            assert method.weight == PUBLISHED["dkd"] and method.params.beta == beta
             assert (method.params.alpha, method.params.temperature, method.params.warmup_epochs) == (1.0, 4.0, 20)
         elif method.name == "reviewkd":
             assert method.weight == review_weight and method.params.warmup_epochs == 20
         else:
-            assert method.weight == PUBLISHED_WEIGHTS["hsakd"] and method.params.temperature == 3.0
+            assert method.weight == PUBLISHED["hsakd"] and method.params.temperature == 3.0
 
 
 def test_dkd_beta_examples(registry):
@@ -176,7 +179,7 @@ def test_table2_pair_adds_kd(teacher, student, registry):
     for method, members in grouped.items():
         for r in members:
             first, kd = r.student.distillers
-            assert first.weight == PUBLISHED_WEIGHTS[method]
+            assert first.weight == PUBLISHED[method]
             assert kd.name == "kd" and kd.weight == 1.0 and kd.params.temperature == 4.0
             assert r.student.ce_weight == 1.0
 
@@ -185,7 +188,7 @@ def test_table2_pair_adds_kd(teacher, student, registry):
 def test_table2_review_plus_kd(teacher, student, registry):
     runs = recipes(f"cifar100/table2_{teacher}_{student}_review.yaml", registry)
     _assert_cifar_recipe(runs)
-    weight = REVIEWKD_WEIGHT.get((REP_NAMES[teacher], REP_NAMES[student]), PUBLISHED_WEIGHTS["reviewkd"])
+    weight = REVIEWKD_WEIGHT.get((REP_NAMES[teacher], REP_NAMES[student]), PUBLISHED["reviewkd"])
     for r in runs:
         review, kd = r.student.distillers
         assert (review.name, review.weight) == ("reviewkd", weight)
@@ -228,7 +231,7 @@ def test_binary_table4(dataset, registry):
     grouped = _methods(features)
     assert sorted(grouped) == ["at", "cc", "vid"]
     for method, members in grouped.items():
-        assert all(r.student.distillers[0].weight == PUBLISHED_WEIGHTS[method] for r in members)
+        assert all(r.student.distillers[0].weight == PUBLISHED[method] for r in members)
         assert all(r.student.ce_weight == 1.0 and len(r.student.distillers) == 1 for r in members)
     for r in kd:
         (distiller,) = r.student.distillers
@@ -274,4 +277,4 @@ def test_imagenet_other_methods(pair, registry):
         assert dkd.params.beta == {"r34_r18": 0.5, "r50_mnv2": 2.0}[pair]
     for r in crd_runs:
         assert [d.name for d in r.student.distillers] == ["kd", "crd"]
-        assert r.student.distillers[1].weight == PUBLISHED_WEIGHTS["crd"]
+        assert r.student.distillers[1].weight == PUBLISHED["crd"]

@@ -1,5 +1,6 @@
 """Decoupled KD (Zhao et al., 2022), as in mdistiller's CIFAR-100 configs (α 1, β 8, T 4,
-20-epoch linear warm-up, loss weight 1)."""
+20-epoch linear warm-up, loss weight 1), optionally on standardised logits (Sun et al., CVPR
+2024, "Logit Standardization in Knowledge Distillation")."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import Tensor
 from kdcore.api import DistillerContext
 from kdcore.nn import Batch, Distiller, Features
 from kdcore_distillers import DKDParams
+from kdcore_distillers.kd import standardize
 
 
 def binary_log_probs(logits: Tensor, target: Tensor, temperature: float) -> Tensor:
@@ -43,7 +45,13 @@ class DKD(Distiller):
     (mdistiller counts epochs from 1; kdcore's ``batch.epoch`` counts from 0). The target is the
     label; for samples the batch marks unlabeled it is the teacher's top class. Published
     CIFAR-100: α 1, T 4, warm-up 20, β 8 (2 or 6 for some pairs; see ``published.DKD_BETA``),
-    loss weight 1, CE weight 1."""
+    loss weight 1, CE weight 1.
+
+    With ``standardize``, both networks' logits are first replaced by their per-sample Z-scores
+    (:func:`kdcore_distillers.kd.standardize`) and ``T`` defaults to 2, as in
+    sunshangquan/logit-standardization-KD (``mdistiller/distillers/DKD.py``; its ``train.py``
+    multiplies α and β by ``--kd-weight``, 9 by default, which is kdcore's recipe ``weight``:
+    ``published.STANDARDIZED_WEIGHTS``, and per pair ``published.DKD_STANDARDIZED``)."""
 
     def __init__(self, params: DKDParams, ctx: DistillerContext) -> None:
         super().__init__()
@@ -51,6 +59,7 @@ class DKD(Distiller):
         self.beta = params.beta
         self.temperature = params.temperature
         self.warmup_epochs = params.warmup_epochs
+        self.standardize = params.standardize
 
     def warmup_factor(self, epoch: int) -> float:
         """``min((epoch + 1)/warmup_epochs, 1)`` for a 0-based epoch; 1 without warm-up."""
@@ -63,6 +72,8 @@ class DKD(Distiller):
         target = batch.labels
         if batch.labeled is not None:
             target = torch.where(batch.labeled, target, t_logits.argmax(dim=1))
+        if self.standardize:
+            s_logits, t_logits = standardize(s_logits), standardize(t_logits)
         T = self.temperature
         scale = self.warmup_factor(batch.epoch) * T**2
         tckd = kl_batchmean(

@@ -8,9 +8,7 @@ from torch import nn
 
 from kdcore.api import DistillerContext
 from kdcore.nn import Distiller
-from kdcore.testing import assert_trains, check_gradients, make_batch, total, train_losses  # noqa: F401
-from kdcore.testing import build_component
-from kdcore.testing import make_distiller_context as make_context
+from kdcore.testing import build_component, make_batch, make_distiller_context, train_losses
 
 
 def build(name: str, ctx: DistillerContext, **params: object) -> Distiller:
@@ -25,6 +23,6 @@ def pooled_student_losses(name: str, *, lr: float, **params: object) -> list[flo
     inputs = torch.randn(16, 10)
     with torch.no_grad():
         teacher = {"pooled": torch.relu(nn.Linear(10, 12)(inputs))}
-    distiller = build(name, make_context({"pooled": (6,)}, {"pooled": (12,)}), **params)
+    distiller = build(name, make_distiller_context({"pooled": (6,)}, {"pooled": (12,)}), **params)
     return train_losses(distiller, nn.Linear(10, 6), lambda net: {"pooled": torch.relu(net(inputs))},
                         teacher, make_batch(16), lr=lr)

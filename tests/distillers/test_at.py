@@ -2,14 +2,8 @@ import math
 
 import pytest
 import torch
-from distiller_testkit import (
-    assert_trains,
-    build,
-    check_gradients,
-    make_batch,
-    make_context,
-    train_losses,
-)
+from kdcore.testing import assert_trains, check_gradients, make_batch, make_distiller_context, train_losses
+from distiller_testkit import build
 from torch import nn
 
 from kdcore.errors import KdcoreError
@@ -50,7 +44,7 @@ def block_mean(feature, size):
 
 def test_matches_a_per_sample_computation():
     torch.manual_seed(0)
-    distiller = build("at", make_context(SHAPES, {"stages": [(6, 4, 4), (2, 2, 2)]}))
+    distiller = build("at", make_distiller_context(SHAPES, {"stages": [(6, 4, 4), (2, 2, 2)]}))
     student = {
         "stages": [
             torch.randn(3, 3, 4, 4, dtype=torch.float64),
@@ -71,13 +65,13 @@ def test_hand_worked_single_position_pair():
     # Two positions; student squares (1, 0) → a_s = (1, 0); teacher squares (0, 4) → a_t = (0, 1).
     student = {"stages": [torch.tensor([[[[1.0, 0.0]]]])]}
     teacher = {"stages": [torch.tensor([[[[0.0, 2.0]]]])]}
-    distiller = build("at", make_context({"stages": [(1, 1, 2)]}, {"stages": [(1, 1, 2)]}))
+    distiller = build("at", make_distiller_context({"stages": [(1, 1, 2)]}, {"stages": [(1, 1, 2)]}))
     assert distiller(student, teacher, make_batch(1))["at"].item() == pytest.approx(1.0)
 
 
 def test_larger_maps_are_average_pooled_to_the_smaller_size():
     torch.manual_seed(1)
-    ctx = make_context({"stages": [(3, 8, 8), (4, 2, 2)]}, {"stages": [(5, 4, 4), (2, 4, 4)]})
+    ctx = make_distiller_context({"stages": [(3, 8, 8), (4, 2, 2)]}, {"stages": [(5, 4, 4), (2, 4, 4)]})
     distiller = build("at", ctx)
     student = {
         "stages": [
@@ -100,7 +94,7 @@ def test_larger_maps_are_average_pooled_to_the_smaller_size():
 def test_zero_for_equal_features_and_invariant_to_feature_scale():
     torch.manual_seed(2)
     maps = [torch.randn(4, 3, 4, 4), torch.randn(4, 5, 2, 2)]
-    distiller = build("at", make_context(SHAPES, SHAPES))
+    distiller = build("at", make_distiller_context(SHAPES, SHAPES))
     assert distiller({"stages": maps}, {"stages": maps}, make_batch(4))[
         "at"
     ].item() == pytest.approx(0.0, abs=1e-12)
@@ -112,13 +106,13 @@ def test_zero_for_equal_features_and_invariant_to_feature_scale():
 
 def test_stage_count_mismatch_and_flat_stages_are_build_errors():
     with pytest.raises(KdcoreError, match="stages"):
-        build("at", make_context(SHAPES, {"stages": [(3, 4, 4)]}))
+        build("at", make_distiller_context(SHAPES, {"stages": [(3, 4, 4)]}))
     with pytest.raises(KdcoreError, match=r"\(C, H, W\)"):
-        build("at", make_context({"stages": [(8,)]}, {"stages": [(8,)]}))
+        build("at", make_distiller_context({"stages": [(8,)]}, {"stages": [(8,)]}))
 
 
 def test_gradients_reach_student_but_not_teacher():
-    distiller = build("at", make_context(SHAPES, {"stages": [(6, 8, 8), (2, 2, 2)]}))
+    distiller = build("at", make_distiller_context(SHAPES, {"stages": [(6, 8, 8), (2, 2, 2)]}))
     student = {"stages": [torch.randn(3, 3, 4, 4), torch.randn(3, 5, 2, 2)]}
     teacher = {"stages": [torch.randn(3, 6, 8, 8), torch.randn(3, 2, 2, 2)]}
     check_gradients(distiller, student, teacher, make_batch(3))
@@ -138,7 +132,7 @@ def test_training_a_small_student_reduces_the_loss():
         return {"stages": [s1, torch.relu(nn.functional.avg_pool2d(s1, 2))]}
 
     distiller = build(
-        "at", make_context({"stages": [(4, 4, 4), (4, 2, 2)]}, {"stages": [(6, 4, 4), (6, 2, 2)]})
+        "at", make_distiller_context({"stages": [(4, 4, 4), (4, 2, 2)]}, {"stages": [(6, 4, 4), (6, 2, 2)]})
     )
     losses = train_losses(distiller, student_net, features, teacher, make_batch(16), lr=5.0)
     assert_trains(losses, 0.3)

@@ -1,13 +1,7 @@
 import pytest
 import torch
-from distiller_testkit import (
-    assert_trains,
-    build,
-    check_gradients,
-    make_batch,
-    make_context,
-    pooled_student_losses,
-)
+from kdcore.testing import assert_trains, check_gradients, make_batch, make_distiller_context
+from distiller_testkit import build, pooled_student_losses
 
 
 def embed_by_hand(linear, rows):
@@ -28,7 +22,7 @@ def cc_by_hand(distiller, student, teacher):
 
 def test_matches_a_per_pair_computation_with_different_dims():
     torch.manual_seed(0)
-    distiller = build("cc", make_context({"pooled": (6,)}, {"pooled": (9,)}), embed_dim=5).double()
+    distiller = build("cc", make_distiller_context({"pooled": (6,)}, {"pooled": (9,)}), embed_dim=5).double()
     student, teacher = (
         torch.randn(4, 6, dtype=torch.float64),
         torch.randn(4, 9, dtype=torch.float64),
@@ -38,7 +32,7 @@ def test_matches_a_per_pair_computation_with_different_dims():
 
 
 def test_published_embedding_size_and_zero_for_equal_embeddings():
-    distiller = build("cc", make_context({"pooled": (8,)}, {"pooled": (8,)}))
+    distiller = build("cc", make_distiller_context({"pooled": (8,)}, {"pooled": (8,)}))
     assert distiller.embed_student.out_features == distiller.embed_teacher.out_features == 128
     distiller.embed_teacher.load_state_dict(distiller.embed_student.state_dict())
     features = torch.randn(5, 8)
@@ -46,7 +40,7 @@ def test_published_embedding_size_and_zero_for_equal_embeddings():
 
 
 def test_gradients_reach_student_and_both_embeddings_but_not_teacher_features():
-    distiller = build("cc", make_context({"pooled": (6,)}, {"pooled": (9,)}))
+    distiller = build("cc", make_distiller_context({"pooled": (6,)}, {"pooled": (9,)}))
     check_gradients(
         distiller, {"pooled": torch.randn(4, 6)}, {"pooled": torch.randn(4, 9)}, make_batch(4)
     )

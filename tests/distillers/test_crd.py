@@ -3,14 +3,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from distiller_testkit import (
-    assert_trains,
-    build,
-    check_gradients,
-    make_batch,
-    make_context,
-    train_losses,
-)
+from kdcore.testing import assert_trains, check_gradients, make_batch, make_distiller_context, train_losses
+from distiller_testkit import build
 from torch import nn
 
 from kdcore.errors import KdcoreError
@@ -21,7 +15,7 @@ SHAPES_S, SHAPES_T = {"pooled": (6,)}, {"pooled": (9,)}
 
 
 def make_crd(**params):
-    ctx = make_context(
+    ctx = make_distiller_context(
         SHAPES_S, SHAPES_T, num_classes=CLASSES, train_size=TRAIN_SIZE, train_labels=LABELS
     )
     defaults = {"num_negatives": 12, "embed_dim": 5}
@@ -29,7 +23,7 @@ def make_crd(**params):
 
 
 def test_published_defaults():
-    distiller = build("crd", make_context(SHAPES_S, SHAPES_T, train_size=20000))
+    distiller = build("crd", make_distiller_context(SHAPES_S, SHAPES_T, train_size=20000))
     assert (
         distiller.num_negatives == 16384
         and distiller.temperature == 0.07
@@ -61,14 +55,14 @@ def test_too_few_negatives_fall_back_to_drawing_with_replacement():
 
 
 def test_uniform_negatives_need_no_labels():
-    ctx = replace(make_context(SHAPES_S, SHAPES_T, train_size=TRAIN_SIZE), train_labels=None)
+    ctx = replace(make_distiller_context(SHAPES_S, SHAPES_T, train_size=TRAIN_SIZE), train_labels=None)
     distiller = build("crd", ctx, num_negatives=12, negatives="uniform")
     contrast = distiller.sample_contrast(torch.tensor([1, 2]))
     assert contrast.shape == (2, 13) and int(contrast.max()) < TRAIN_SIZE
 
 
 def test_all_samples_of_one_class_is_a_build_error():
-    ctx = make_context(
+    ctx = make_distiller_context(
         SHAPES_S, SHAPES_T, train_size=8, train_labels=torch.zeros(8, dtype=torch.long)
     )
     with pytest.raises(KdcoreError, match="uniform"):
@@ -78,7 +72,7 @@ def test_all_samples_of_one_class_is_a_build_error():
 def test_hidden_labels_of_semi_supervised_data_are_a_build_error():
     hidden = torch.as_tensor(LABELS).clone()
     hidden[::2] = -1
-    ctx = make_context(SHAPES_S, SHAPES_T, train_size=TRAIN_SIZE, train_labels=hidden)
+    ctx = make_distiller_context(SHAPES_S, SHAPES_T, train_size=TRAIN_SIZE, train_labels=hidden)
     with pytest.raises(KdcoreError, match="negatives: uniform"):
         build("crd", ctx, num_negatives=4)
 

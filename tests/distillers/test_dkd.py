@@ -3,17 +3,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from distiller_testkit import (
-    assert_trains,
-    build,
-    check_gradients,
-    make_batch,
-    make_context,
-    train_losses,
-)
+from kdcore.testing import assert_trains, check_gradients, make_batch, make_distiller_context, train_losses
+from distiller_testkit import build
 from torch import nn
 
-CTX = make_context({}, {}, num_classes=5)
+CTX = make_distiller_context({}, {}, num_classes=5)
 
 
 def softmax(values, temperature):

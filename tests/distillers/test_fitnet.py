@@ -1,14 +1,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from distiller_testkit import (
-    assert_trains,
-    build,
-    check_gradients,
-    make_batch,
-    make_context,
-    train_losses,
-)
+from kdcore.testing import assert_trains, check_gradients, make_batch, make_distiller_context, train_losses
+from distiller_testkit import build
 from torch import nn
 
 from kdcore.errors import KdcoreError
@@ -23,7 +17,7 @@ def random_stages(shapes, batch_size=4):
 
 def test_hint_layer_2_is_the_second_stage_and_the_loss_is_bn_relu_conv_mse():
     torch.manual_seed(0)
-    distiller = build("fitnet", make_context(STUDENT, TEACHER)).double()
+    distiller = build("fitnet", make_distiller_context(STUDENT, TEACHER)).double()
     student = {"stages": [s.double() for s in random_stages(STUDENT["stages"])]}
     teacher = {"stages": [t.double() for t in random_stages(TEACHER["stages"])]}
     conv = distiller.regressor.conv
@@ -53,7 +47,7 @@ def test_hint_layer_2_is_the_second_stage_and_the_loss_is_bn_relu_conv_mse():
 
 
 def test_hint_layer_0_uses_the_stem():
-    distiller = build("fitnet", make_context(STUDENT, TEACHER), hint_layer=0)
+    distiller = build("fitnet", make_distiller_context(STUDENT, TEACHER), hint_layer=0)
     assert distiller.student_taps == ("stem",) and distiller.teacher_taps == ("stem",)
     loss = distiller(
         {"stem": torch.randn(2, 3, 8, 8)}, {"stem": torch.randn(2, 5, 8, 8)}, make_batch(2)
@@ -70,7 +64,7 @@ def test_hint_layer_0_uses_the_stem():
     ],
 )
 def test_regressor_maps_mismatched_shapes_onto_the_teacher(student_map, teacher_map, kind):
-    ctx = make_context({"stages": [(2, 8, 8), student_map]}, {"stages": [(2, 8, 8), teacher_map]})
+    ctx = make_distiller_context({"stages": [(2, 8, 8), student_map]}, {"stages": [(2, 8, 8), teacher_map]})
     distiller = build("fitnet", ctx)
     assert isinstance(distiller.regressor.conv, kind)
     out = distiller.regressor(torch.randn(3, *student_map))
@@ -81,16 +75,16 @@ def test_impossible_shapes_and_missing_stages_are_build_errors():
     with pytest.raises(KdcoreError, match="no regressor"):
         build(
             "fitnet",
-            make_context({"stages": [(2, 8, 8), (4, 3, 3)]}, {"stages": [(2, 8, 8), (6, 8, 8)]}),
+            make_distiller_context({"stages": [(2, 8, 8), (4, 3, 3)]}, {"stages": [(2, 8, 8), (6, 8, 8)]}),
         )
     with pytest.raises(KdcoreError, match=r"\(C, H, W\)"):
-        build("fitnet", make_context({"stages": [(8,), (8,)]}, {"stages": [(8,), (8,)]}))
+        build("fitnet", make_distiller_context({"stages": [(8,), (8,)]}, {"stages": [(8,), (8,)]}))
     with pytest.raises(KdcoreError, match="hint_layer 4"):
-        build("fitnet", make_context(STUDENT, TEACHER), hint_layer=4)
+        build("fitnet", make_distiller_context(STUDENT, TEACHER), hint_layer=4)
 
 
 def test_gradients_reach_student_and_regressor_but_not_teacher():
-    distiller = build("fitnet", make_context(STUDENT, TEACHER))
+    distiller = build("fitnet", make_distiller_context(STUDENT, TEACHER))
     student = {"stages": random_stages(STUDENT["stages"])}
     teacher = {"stages": random_stages(TEACHER["stages"])}
     check_gradients(distiller, student, teacher, make_batch(4), read=[student["stages"][1]])
@@ -106,7 +100,7 @@ def test_training_a_small_student_reduces_the_loss():
             "stages": [torch.zeros(16, 5, 8, 8), teacher_net(images), torch.zeros(16, 9, 2, 2)]
         }
     student_net = nn.Conv2d(3, 6, 3, stride=2, padding=1)
-    distiller = build("fitnet", make_context(STUDENT, TEACHER))
+    distiller = build("fitnet", make_distiller_context(STUDENT, TEACHER))
 
     def features(net):
         return {"stages": [torch.zeros(16, 4, 8, 8), F.relu(net(images)), torch.zeros(16, 8, 2, 2)]}

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from distiller_testkit import assert_trains, build, make_batch, make_context, total
+from kdcore.testing import assert_trains, make_batch, make_distiller_context, total
+from distiller_testkit import build
 from tiny_images import NUM_CLASSES, records, run_resnet8_pair
 from torch import nn
 
@@ -29,7 +30,7 @@ TEACHER = {"stages": [(5, 8, 8), (7, 4, 4), (9, 2, 2)]}
 
 
 def context(student=STUDENT, teacher=TEACHER, teacher_features=None):
-    ctx = make_context(student, teacher, num_classes=K)
+    ctx = make_distiller_context(student, teacher, num_classes=K)
     return DistillerContext(**{**ctx.__dict__, "teacher_features": teacher_features})
 
 

@@ -2,14 +2,8 @@ import math
 
 import pytest
 import torch
-from distiller_testkit import (
-    assert_trains,
-    build,
-    check_gradients,
-    make_batch,
-    make_context,
-    pooled_student_losses,
-)
+from kdcore.testing import assert_trains, check_gradients, make_batch, make_distiller_context
+from distiller_testkit import build, pooled_student_losses
 
 EPS = 1e-7
 
@@ -37,7 +31,7 @@ def pkt_by_hand(student, teacher):
 
 def test_matches_a_pairwise_computation_with_different_dims():
     torch.manual_seed(0)
-    distiller = build("pkt", make_context({"pooled": (6,)}, {"pooled": (9,)}))
+    distiller = build("pkt", make_distiller_context({"pooled": (6,)}, {"pooled": (9,)}))
     student, teacher = (
         torch.randn(5, 6, dtype=torch.float64),
         torch.randn(5, 9, dtype=torch.float64),
@@ -49,14 +43,14 @@ def test_matches_a_pairwise_computation_with_different_dims():
 def test_zero_for_equal_features_and_invariant_to_positive_scale():
     torch.manual_seed(1)
     features = torch.randn(6, 8)
-    distiller = build("pkt", make_context({"pooled": (8,)}, {"pooled": (8,)}))
+    distiller = build("pkt", make_distiller_context({"pooled": (8,)}, {"pooled": (8,)}))
     assert distiller({"pooled": features}, {"pooled": features}, make_batch(6))["pkt"].item() == 0.0
     scaled = distiller({"pooled": 5.0 * features}, {"pooled": features}, make_batch(6))["pkt"]
     assert scaled.item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_gradients_reach_student_but_not_teacher():
-    distiller = build("pkt", make_context({"pooled": (6,)}, {"pooled": (9,)}))
+    distiller = build("pkt", make_distiller_context({"pooled": (6,)}, {"pooled": (9,)}))
     check_gradients(
         distiller, {"pooled": torch.randn(4, 6)}, {"pooled": torch.randn(4, 9)}, make_batch(4)
     )

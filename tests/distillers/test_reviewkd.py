@@ -1,20 +1,17 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from distiller_testkit import (
-    assert_trains,
-    build,
-    check_gradients,
-    make_batch,
-    make_context,
-    train_losses,
-)
+from kdcore.testing import assert_trains, check_gradients, make_batch, make_distiller_context, train_losses
+from distiller_testkit import build
 from tiny_images import records, run_resnet8_pair
 from torch import nn
 
 from kdcore.errors import KdcoreError
-from kdcore_distillers.published import PUBLISHED_WEIGHTS, REVIEWKD_WEIGHT
+from kdcore_distillers.published import REVIEWKD_WEIGHT
+from tests.conftest import published_weights
 from kdcore_distillers.reviewkd import hcl_loss
+
+PUBLISHED = published_weights()
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +76,7 @@ def test_hcl_matches_a_hand_computation_over_levels_and_pool_sizes():
 
 def test_distiller_loss_is_hcl_of_the_fused_student_levels_against_teacher_levels():
     torch.manual_seed(1)
-    distiller = build("reviewkd", make_context(STUDENT, TEACHER), warmup_epochs=0)
+    distiller = build("reviewkd", make_distiller_context(STUDENT, TEACHER), warmup_epochs=0)
     student, teacher = student_features(), teacher_features()
     loss = distiller(student, teacher, make_batch(4))["reviewkd"]
     fused = distiller.fuse(student["stages"], student["pooled"])
@@ -90,7 +87,7 @@ def test_distiller_loss_is_hcl_of_the_fused_student_levels_against_teacher_level
 
 def test_abf_fuses_with_the_nearest_upsampled_residual_by_hand():
     torch.manual_seed(2)
-    distiller = build("reviewkd", make_context(STUDENT, TEACHER)).double().eval()
+    distiller = build("reviewkd", make_distiller_context(STUDENT, TEACHER)).double().eval()
     abf = distiller.abfs[2]  # the shallowest-but-one level: stage 2, 6×4×4 → teacher 7×4×4
     x = torch.randn(2, 6, 4, 4, dtype=torch.float64)
     residual = torch.randn(2, 8, 2, 2, dtype=torch.float64)  # mid = 8 channels, from the 2×2 level
@@ -147,7 +144,7 @@ PAIRS = {
 @pytest.mark.parametrize("pair", sorted(PAIRS))
 def test_abf_layout_of_published_pairs_and_outputs_at_the_teachers_shapes(pair):
     s_shapes, t_shapes, in_channels, out_channels, shapes, out_shapes, mid = PAIRS[pair]
-    distiller = build("reviewkd", make_context(s_shapes, t_shapes))
+    distiller = build("reviewkd", make_distiller_context(s_shapes, t_shapes))
     assert distiller.in_channels == in_channels and distiller.out_channels == out_channels
     assert [h for h, _ in distiller.shapes[::-1]] == shapes
     assert [h for h, _ in distiller.out_shapes[::-1]] == out_shapes
@@ -163,7 +160,7 @@ def test_abf_layout_of_published_pairs_and_outputs_at_the_teachers_shapes(pair):
 
 
 def test_gradients_reach_student_levels_and_fusion_params_but_not_teacher():
-    distiller = build("reviewkd", make_context(STUDENT, TEACHER), warmup_epochs=0)
+    distiller = build("reviewkd", make_distiller_context(STUDENT, TEACHER), warmup_epochs=0)
     check_gradients(distiller, student_features(), teacher_features(), make_batch(4))
     assert all(abf.att_conv[0].weight.grad.abs().sum() > 0 for abf in distiller.abfs[1:])
 
@@ -171,8 +168,8 @@ def test_gradients_reach_student_levels_and_fusion_params_but_not_teacher():
 @pytest.mark.parametrize(("epoch", "factor"), [(0, 1 / 20), (9, 0.5), (19, 1.0), (150, 1.0)])
 def test_warmup_is_linear_over_20_epochs_counted_from_one(epoch, factor):
     torch.manual_seed(3)
-    warm = build("reviewkd", make_context(STUDENT, TEACHER))
-    full = build("reviewkd", make_context(STUDENT, TEACHER), warmup_epochs=0)
+    warm = build("reviewkd", make_distiller_context(STUDENT, TEACHER))
+    full = build("reviewkd", make_distiller_context(STUDENT, TEACHER), warmup_epochs=0)
     full.load_state_dict(warm.state_dict())
     student, teacher = student_features(), teacher_features()
     got = warm(student, teacher, make_batch(4, epoch=epoch))["reviewkd"]
@@ -181,7 +178,7 @@ def test_warmup_is_linear_over_20_epochs_counted_from_one(epoch, factor):
 
 
 def test_published_weights():
-    assert PUBLISHED_WEIGHTS["reviewkd"] == 5.0
+    assert PUBLISHED["reviewkd"] == 5.0
     assert REVIEWKD_WEIGHT[("resnet32x4", "ShuffleV2")] == 8.0
     assert REVIEWKD_WEIGHT[("resnet56", "resnet20")] == 0.6
     assert REVIEWKD_WEIGHT[("resnet110", "resnet32")] == 1.0
@@ -190,11 +187,11 @@ def test_published_weights():
 def test_mismatched_stage_counts_and_missing_taps_are_build_errors():
     fewer = {"preact_stages": TEACHER["preact_stages"][:2], "pooled": (9,)}
     with pytest.raises(KdcoreError, match="student has 3 and the teacher 2"):
-        build("reviewkd", make_context(STUDENT, fewer))
+        build("reviewkd", make_distiller_context(STUDENT, fewer))
     with pytest.raises(KdcoreError, match="'preact_stages'"):
-        build("reviewkd", make_context(STUDENT, {"stages": TEACHER["preact_stages"], "pooled": (9,)}))
+        build("reviewkd", make_distiller_context(STUDENT, {"stages": TEACHER["preact_stages"], "pooled": (9,)}))
     with pytest.raises(KdcoreError, match="'pooled'"):
-        build("reviewkd", make_context({"stages": STUDENT["stages"]}, TEACHER))
+        build("reviewkd", make_distiller_context({"stages": STUDENT["stages"]}, TEACHER))
 
 
 class TinyStudent(nn.Module):
@@ -221,7 +218,7 @@ def test_training_a_small_student_reduces_the_loss():
         t = teacher_net(images)
     teacher = {"preact_stages": [torch.cat([s, s[:, :1]], dim=1) for s in t["stages"]],
                "pooled": torch.cat([t["pooled"], t["pooled"][:, :1]], dim=1)}
-    distiller = build("reviewkd", make_context(STUDENT, TEACHER), warmup_epochs=0)
+    distiller = build("reviewkd", make_distiller_context(STUDENT, TEACHER), warmup_epochs=0)
     losses = train_losses(
         distiller, TinyStudent(), lambda net: net(images), teacher, make_batch(16), lr=0.05
     )

@@ -2,14 +2,8 @@ import math
 
 import pytest
 import torch
-from distiller_testkit import (
-    assert_trains,
-    build,
-    check_gradients,
-    make_batch,
-    make_context,
-    pooled_student_losses,
-)
+from kdcore.testing import assert_trains, check_gradients, make_batch, make_distiller_context
+from distiller_testkit import build, pooled_student_losses
 
 
 def huber_mean(a, b):
@@ -41,7 +35,7 @@ def angles_by_hand(rows):
 
 def test_matches_pair_and_triplet_loops_with_different_dims():
     torch.manual_seed(0)
-    distiller = build("rkd", make_context({"pooled": (3,)}, {"pooled": (5,)}))
+    distiller = build("rkd", make_distiller_context({"pooled": (3,)}, {"pooled": (5,)}))
     student, teacher = (
         torch.randn(5, 3, dtype=torch.float64),
         torch.randn(5, 5, dtype=torch.float64),
@@ -61,7 +55,7 @@ def test_hand_worked_right_triangle_against_a_line():
     teacher = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
     distiller = build(
         "rkd",
-        make_context({"pooled": (2,)}, {"pooled": (2,)}),
+        make_distiller_context({"pooled": (2,)}, {"pooled": (2,)}),
         distance_weight=1.0,
         angle_weight=1.0,
     )
@@ -82,7 +76,7 @@ def test_hand_worked_right_triangle_against_a_line():
 def test_zero_for_equal_features_and_invariant_to_scale_and_shift():
     torch.manual_seed(1)
     features = torch.randn(6, 4, dtype=torch.float64)
-    distiller = build("rkd", make_context({"pooled": (4,)}, {"pooled": (4,)}))
+    distiller = build("rkd", make_distiller_context({"pooled": (4,)}, {"pooled": (4,)}))
     for student in (features, 3.0 * features + 1.5):
         terms = distiller({"pooled": student}, {"pooled": features}, make_batch(6))
         assert terms["distance"].item() == pytest.approx(0.0, abs=1e-10)
@@ -90,7 +84,7 @@ def test_zero_for_equal_features_and_invariant_to_scale_and_shift():
 
 
 def test_gradients_reach_student_but_not_teacher():
-    distiller = build("rkd", make_context({"pooled": (3,)}, {"pooled": (5,)}))
+    distiller = build("rkd", make_distiller_context({"pooled": (3,)}, {"pooled": (5,)}))
     check_gradients(
         distiller, {"pooled": torch.randn(4, 3)}, {"pooled": torch.randn(4, 5)}, make_batch(4)
     )

@@ -2,14 +2,8 @@ import math
 
 import pytest
 import torch
-from distiller_testkit import (
-    assert_trains,
-    build,
-    check_gradients,
-    make_batch,
-    make_context,
-    train_losses,
-)
+from kdcore.testing import assert_trains, check_gradients, make_batch, make_distiller_context, train_losses
+from distiller_testkit import build
 from torch import nn
 
 STUDENT = {"stages": [(2, 8, 8), (3, 4, 4)]}
@@ -31,7 +25,7 @@ def sp_by_hand(student_map, teacher_map):
 
 def test_matches_a_pairwise_computation_on_the_last_stage_with_different_shapes():
     torch.manual_seed(0)
-    distiller = build("sp", make_context(STUDENT, TEACHER))
+    distiller = build("sp", make_distiller_context(STUDENT, TEACHER))
     student = {"stages": [torch.randn(5, 2, 8, 8), torch.randn(5, 3, 4, 4, dtype=torch.float64)]}
     teacher = {"stages": [torch.randn(5, 2, 8, 8), torch.randn(5, 5, 2, 2, dtype=torch.float64)]}
     loss = distiller(student, teacher, make_batch(5))["sp"]
@@ -45,7 +39,7 @@ def test_hand_worked_case():
     # diagonal (1/√2 − 1)² twice, off-diagonal (1/√2)² twice.
     student = {"stages": [torch.tensor([[[[1.0]], [[0.0]]], [[[0.0]], [[1.0]]]])]}
     teacher = {"stages": [torch.tensor([[[[1.0]], [[0.0]]], [[[1.0]], [[0.0]]]])]}
-    distiller = build("sp", make_context({"stages": [(2, 1, 1)]}, {"stages": [(2, 1, 1)]}))
+    distiller = build("sp", make_distiller_context({"stages": [(2, 1, 1)]}, {"stages": [(2, 1, 1)]}))
     expected = (2 * (1 / math.sqrt(2) - 1) ** 2 + 2 * 0.5) / 4
     assert distiller(student, teacher, make_batch(2))["sp"].item() == pytest.approx(expected)
 
@@ -53,7 +47,7 @@ def test_hand_worked_case():
 def test_zero_for_equal_features_and_invariant_to_scale():
     torch.manual_seed(1)
     maps = [torch.randn(6, 2, 8, 8), torch.randn(6, 3, 4, 4)]
-    distiller = build("sp", make_context(STUDENT, STUDENT))
+    distiller = build("sp", make_distiller_context(STUDENT, STUDENT))
     assert distiller({"stages": maps}, {"stages": maps}, make_batch(6))[
         "sp"
     ].item() == pytest.approx(0.0, abs=1e-12)
@@ -64,7 +58,7 @@ def test_zero_for_equal_features_and_invariant_to_scale():
 
 
 def test_gradients_reach_student_but_not_teacher():
-    distiller = build("sp", make_context(STUDENT, TEACHER))
+    distiller = build("sp", make_distiller_context(STUDENT, TEACHER))
     student = {"stages": [torch.randn(4, 2, 8, 8), torch.randn(4, 3, 4, 4)]}
     teacher = {"stages": [torch.randn(4, 2, 8, 8), torch.randn(4, 5, 2, 2)]}
     check_gradients(distiller, student, teacher, make_batch(4), read=[student["stages"][1]])
@@ -77,7 +71,7 @@ def test_training_a_small_student_reduces_the_loss():
     with torch.no_grad():
         teacher = {"stages": [torch.relu(teacher_net(images))]}
     student_net = nn.Conv2d(3, 3, 3, padding=1)
-    distiller = build("sp", make_context({"stages": [(3, 4, 4)]}, {"stages": [(5, 2, 2)]}))
+    distiller = build("sp", make_distiller_context({"stages": [(3, 4, 4)]}, {"stages": [(5, 2, 2)]}))
 
     def features(net):
         return {"stages": [torch.relu(net(images))]}

@@ -10,7 +10,7 @@ import torch
 from tiny_images import records, run_resnet8_pair
 
 from kdcore.registry import load_registry
-from kdcore_distillers.published import PUBLISHED_WEIGHTS
+from tests.conftest import published_weights
 
 EPOCHS = 8
 SMALL = {  # sizes that fit a 32-image set and a short test
@@ -24,6 +24,8 @@ SMALL = {  # sizes that fit a 32-image set and a short test
 METHODS = sorted(c.name for c in load_registry().all_components()
                  if c.kind == "distiller" and c.provider.name == "distillers")
 
+PUBLISHED = published_weights()
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -34,13 +36,14 @@ def one_thread():
 
 
 def test_every_built_in_method_is_covered():
-    assert set(METHODS) == set(PUBLISHED_WEIGHTS)
+    assert set(METHODS) == {"kd", "fitnet", "at", "pkt", "sp", "cc", "rkd", "vid", "crd", "dkd", "reviewkd", "hsakd",
+                            "dist", "nkd", "wttm", "ctkd", "mlkd"}
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_method_trains_without_nans_and_its_loss_falls(method, registry, write_recipe, tmp_path):
     # CC's loss (RepDistiller's form) is unbounded below and only stable at its small published weight
-    weight = PUBLISHED_WEIGHTS["cc"] if method == "cc" else 1.0
+    weight = PUBLISHED["cc"] if method == "cc" else 1.0
     entry = {"name": method, "weight": weight, "params": SMALL.get(method, {})}
     log = records(run_resnet8_pair(registry, write_recipe, tmp_path / "run", entry, EPOCHS) / "student/metrics.jsonl")
     assert [r["epoch"] for r in log] == list(range(1, EPOCHS + 1))

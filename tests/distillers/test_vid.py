@@ -2,7 +2,8 @@ import math
 
 import pytest
 import torch
-from distiller_testkit import build, check_gradients, make_batch, make_context, train_losses
+from kdcore.testing import check_gradients, make_batch, make_distiller_context, train_losses
+from distiller_testkit import build
 from torch import nn
 
 from kdcore.errors import KdcoreError
@@ -35,7 +36,7 @@ def nll_by_hand(stage, student_map, teacher_map):
 
 
 def test_initial_variance_is_init_pred_var():
-    distiller = build("vid", make_context(STUDENT, TEACHER))
+    distiller = build("vid", make_distiller_context(STUDENT, TEACHER))
     for stage in distiller.stages:
         variance = math.log(1 + math.exp(stage.log_scale[0].item())) + 1e-5
         assert variance == pytest.approx(5.0, rel=1e-6)
@@ -43,7 +44,7 @@ def test_initial_variance_is_init_pred_var():
 
 def test_matches_an_elementwise_computation_with_pooling_and_channel_change():
     torch.manual_seed(0)
-    distiller = build("vid", make_context(STUDENT, TEACHER)).double()
+    distiller = build("vid", make_distiller_context(STUDENT, TEACHER)).double()
     with torch.no_grad():
         for stage in distiller.stages:
             stage.log_scale.copy_(torch.randn_like(stage.log_scale))
@@ -76,11 +77,11 @@ def test_matches_an_elementwise_computation_with_pooling_and_channel_change():
 
 def test_stage_count_mismatch_is_a_build_error():
     with pytest.raises(KdcoreError, match="stages"):
-        build("vid", make_context(STUDENT, {"stages": [(5, 2, 2)]}))
+        build("vid", make_distiller_context(STUDENT, {"stages": [(5, 2, 2)]}))
 
 
 def test_gradients_reach_student_regressors_and_variances_but_not_teacher():
-    distiller = build("vid", make_context(STUDENT, TEACHER))
+    distiller = build("vid", make_distiller_context(STUDENT, TEACHER))
     student = {"stages": [torch.randn(3, 3, 4, 4), torch.randn(3, 4, 2, 2)]}
     teacher = {"stages": [torch.randn(3, 5, 2, 2), torch.randn(3, 2, 4, 4)]}
     check_gradients(distiller, student, teacher, make_batch(3))
@@ -97,7 +98,7 @@ def test_training_a_small_student_reduces_the_loss():
     with torch.no_grad():
         teacher = {"stages": [torch.relu(teacher_net(images))]}
     student_net = nn.Conv2d(3, 4, 3, padding=1)
-    distiller = build("vid", make_context({"stages": [(4, 4, 4)]}, {"stages": [(5, 4, 4)]}))
+    distiller = build("vid", make_distiller_context({"stages": [(4, 4, 4)]}, {"stages": [(5, 4, 4)]}))
 
     def features(net):
         return {"stages": [torch.relu(net(images))]}
