@@ -1,5 +1,6 @@
 """Vision plugin: the CIFAR model zoo of the KD literature (RepDistiller's), torchvision's ImageNet
-networks, and the CIFAR / ImageNet datasets with the paper's binary and semi-supervised variants.
+networks, any torchvision or timm classifier by name (architectures ``torchvision`` and ``timm``),
+and the CIFAR / ImageNet datasets with the paper's binary and semi-supervised variants.
 
 Registration only: the networks and loaders live in submodules imported when a component is
 built, so listing plugins does not import torch.
@@ -24,6 +25,8 @@ from .params import (
     MobileNetV2Params,
     MobileNetV2x01Params,
     SemiSupervisedCifarParams,
+    TimmParams,
+    TorchvisionParams,
 )
 
 
@@ -42,6 +45,17 @@ class _Deferred:
     def __repr__(self) -> str:
         arguments = ", ".join(f"{key}={value!r}" for key, value in self.config.items())
         return f"{self.target}({arguments})"
+
+
+@dataclass(frozen=True)
+class _DeferredTaps:
+    """``taps(params)`` that imports ``target`` ("module:function") on first use."""
+
+    target: str
+
+    def __call__(self, params: Any) -> Any:
+        module_name, _, attribute = self.target.partition(":")
+        return getattr(importlib.import_module(module_name), attribute)(params)
 
 
 def _residual_taps(stages: int, blocks: list[int], pooled: str) -> dict[str, Any]:
@@ -183,6 +197,23 @@ def _torchvision():
     )
 
 
+def _model_hubs():
+    yield ArchitectureSpec(
+        name="torchvision",
+        summary="Any torchvision image classifier by name (model:), with optional weights (enum name or local file)",
+        params=TorchvisionParams,
+        build="kdcore_vision.models.torchvision_any:build",
+        taps=_DeferredTaps("kdcore_vision.models.torchvision_any:taps"),
+    )
+    yield ArchitectureSpec(
+        name="timm",
+        summary="Any timm model by name (model:), with an optional local weights file; needs the timm extra",
+        params=TimmParams,
+        build="kdcore_vision.models.timm_models:build",
+        taps=_DeferredTaps("kdcore_vision.models.timm_models:taps"),
+    )
+
+
 @hookimpl
 def kdcore_architectures():
     yield from _cifar_resnets()
@@ -190,6 +221,7 @@ def kdcore_architectures():
     yield from _vggs()
     yield from _mobile_and_shuffle()
     yield from _torchvision()
+    yield from _model_hubs()
 
 
 @hookimpl

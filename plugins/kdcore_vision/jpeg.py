@@ -6,6 +6,10 @@ The augmentation is the one torchvision's transforms apply to PIL images: Random
 horizontal flip for training, Resize of the shorter side then CenterCrop for evaluation, resizing
 uint8 images bilinearly with antialiasing. Random numbers are drawn on the CPU from the stage's
 generator, so a batch decoded on a GPU is augmented as reproducibly as one on the CPU.
+
+An image that fails to decode stops training with one line naming its file (when the batch is an
+:class:`EncodedBatch`, which carries the file names), not with the decoder's message for the
+whole batch.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch import Tensor
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import center_crop, resize, resized_crop
 
+from kdcore.errors import KdcoreError
 from kdcore_vision.transforms import normalize
 
 CROP_SCALE = (0.08, 1.0)
@@ -27,10 +32,52 @@ CROP_RATIO = (3 / 4, 4 / 3)
 CROP_ATTEMPTS = 10
 
 
+class EncodedBatch(list):
+    """A batch of JPEG file bytes (uint8 1-D tensors on the CPU) and, in :attr:`files`, the
+    files they were read from, so that an image that fails to decode can be named."""
+
+    def __init__(self, data=(), files=()):
+        super().__init__(data)
+        self.files = [str(file) for file in files]
+
+
 def decode_rgb(encoded: list[Tensor], device: str) -> list[Tensor]:
     """uint8 (3, H, W) images on ``device`` from JPEG file bytes (uint8 1-D tensors on the CPU);
-    grayscale and CMYK JPEGs come out as RGB too."""
-    return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    grayscale and CMYK JPEGs come out as RGB too.
+
+    When the batch fails to decode, each image is decoded alone (on the CPU, then on ``device``)
+    to find the first that fails, and a :class:`KdcoreError` names it: its file, given an
+    :class:`EncodedBatch`, else its position in the batch.
+    """
+    try:
+        return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    except (RuntimeError, ValueError) as error:
+        raise _undecodable(encoded, device, error) from None
+
+
+def _undecodable(encoded: list[Tensor], device: str, error: Exception) -> KdcoreError:
+    files = getattr(encoded, "files", None) or [f"image {i} of a batch of {len(encoded)}" for i in range(len(encoded))]
+    fix = "replace it with an intact copy (extract it again from the dataset's archive) or delete it"
+    for file, data in zip(files, encoded):
+        for where in dict.fromkeys(["cpu", str(device)]):
+            try:
+                decode_jpeg(data, mode=ImageReadMode.RGB, device=where)
+            except (RuntimeError, ValueError) as alone:
+                return KdcoreError(f"{file}: not a decodable JPEG ({decoder_reason(alone)}); {fix}")
+    return KdcoreError(f"{files[0]} and the {len(files) - 1} other images of its batch: decoding them "
+                       f"together on {device} failed ({decoder_reason(error)}) although each decodes "
+                       f"alone; retry, or set the dataset's decode param to pil")
+
+
+def decoder_reason(error: Exception) -> str:
+    """The reason in a torchvision.io decoder's message, on one line, without the C++ source
+    location it starts with (``"decode_jpeg, .../decode_jpeg.cpp:171, Image is truncated"``)."""
+    lines = str(error).strip().splitlines()
+    reason = lines[0] if lines else type(error).__name__
+    if ".cpp:" in reason:
+        reason = reason[reason.index(".cpp:"):].partition(", ")[2] or reason
+    reason = reason.split(". ")[0]  # the first sentence: torchvision's next ones are advice
+    return reason if len(reason) <= 160 else reason[:160] + "..."
 
 
 def random_resized_crop_boxes(heights: Tensor, widths: Tensor, generator: torch.Generator) -> Tensor:

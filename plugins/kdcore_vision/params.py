@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -93,3 +93,66 @@ class ImageNetParams(Params):
         if self.resize_size < self.crop_size:
             raise ValueError(f"resize_size ({self.resize_size}) must be >= crop_size ({self.crop_size})")
         return self
+
+
+class TorchvisionParams(Params):
+    """Any torchvision image classifier (architecture ``torchvision``)."""
+
+    model: str = Field(
+        description="a torchvision image classifier: a name of "
+        "torchvision.models.list_models(module=torchvision.models), e.g. resnet18, mobilenet_v3_small"
+    )
+    weights: str | None = Field(
+        default=None,
+        description="None: random init; a torchvision weights enum name ('ResNet18_Weights.IMAGENET1K_V1', "
+        "'IMAGENET1K_V1' or 'DEFAULT', fetched by torchvision into its cache); or a local state-dict file "
+        "(.safetensors, or .pth / .pt read with torch.load(weights_only=True))",
+    )
+    num_classes: int | None = Field(
+        default=None, ge=1,
+        description="classes of the head: the dataset's (the default; another number is an error); "
+        "weights whose head has other classes get a newly initialised head",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="more keyword arguments of the torchvision builder (e.g. dropout, width_mult, "
+        "image_size)",
+    )
+
+    @model_validator(mode="after")
+    def _check_kwargs(self) -> TorchvisionParams:
+        _refuse_keys(self.kwargs, ("weights", "num_classes"))
+        return self
+
+
+class TimmParams(Params):
+    """Any timm model (architecture ``timm``; needs ``pip install 'kdcore[timm]'``)."""
+
+    model: str = Field(description="a timm model name (timm.list_models()), a pretrained tag allowed: resnet18.a1_in1k")
+    pretrained_file: str | None = Field(
+        default=None,
+        description="a local timm-format state dict (.safetensors, or .pth / .pt / .bin read with "
+        "torch.load(weights_only=True)); None: random init. kdcore never downloads timm weights",
+    )
+    num_classes: int | None = Field(
+        default=None, ge=1,
+        description="classes of the head: the dataset's (the default; another number is an error); "
+        "a file whose classifier has other classes gets a newly initialised one",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="more keyword arguments of timm.create_model (e.g. img_size for a ViT on 32×32 "
+        "images, drop_path_rate, drop_rate)",
+    )
+
+    @model_validator(mode="after")
+    def _check_kwargs(self) -> TimmParams:
+        _refuse_keys(self.kwargs, ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
+                                   "checkpoint_path", "num_classes", "in_chans", "features_only"))
+        return self
+
+
+def _refuse_keys(kwargs: dict[str, Any], owned: tuple[str, ...]) -> None:
+    taken = sorted(set(kwargs) & set(owned))
+    if taken:
+        raise ValueError(f"kwargs may not set {', '.join(taken)}: kdcore sets them (use the params)")

@@ -2,15 +2,17 @@
 tensors, plus the paper's binary (Sec. 5.5) and semi-supervised (Sec. 5.4) variants.
 
 The official files are Python pickles of dicts with bytes keys (``b"data"``: uint8 array of shape
-(N, 3072), channel-major rows of 32×32 pixels; ``b"labels"`` or ``b"fine_labels"``). Pickle is
-the only format they are distributed in, so they are read with :mod:`pickle`
-(``encoding="bytes"``, as they were written by Python 2). Unpickling can run code: read only
-files obtained from the official source.
+(N, 3072), channel-major rows of 32×32 pixels; ``b"labels"`` or ``b"fine_labels"``: a list of
+ints). Pickle is the only format they are distributed in. They are read with
+:func:`kdcore_vision.datasets.safe_pickle.load` (``encoding="bytes"``, as they were written by
+Python 2), which admits only dicts, lists, strings, numbers and numpy arrays: a file that names any
+other function or class is refused before anything of it runs, so reading a dataset file never
+runs code from it. A file that is refused, empty, truncated, not a pickle, or not shaped as the
+official ones stops the run with one line naming the file and saying to re-download the archive.
 """
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +28,9 @@ from kdcore_vision.params import (
     CifarParams,
     SemiSupervisedCifarParams,
 )
-from kdcore_vision.transforms import CropFlipNormalize, Normalize
+from kdcore_vision.transforms import CropFlipNormalize, CropFlipRandAugmentNormalize, Normalize
 
+from . import safe_pickle
 from .common import balanced_subset, data_root
 
 IMAGE_SHAPE = (3, 32, 32)
@@ -91,33 +94,54 @@ def load_cifar(fmt: CifarFormat, root: Path) -> tuple[Split, Split]:
 
 
 def _read_files(fmt: CifarFormat, paths: list[Path]) -> Split:
-    images, labels = [], []
-    for path in paths:
-        with open(path, "rb") as file:
-            try:
-                content = pickle.load(file, encoding="bytes")
-            except Exception as error:
-                raise KdcoreError(f"{path} is not a {fmt.title} python pickle: {error}") from None
-        if not isinstance(content, dict) or b"data" not in content or fmt.label_key not in content:
-            raise KdcoreError(
-                f"{path} is not a {fmt.title} batch: expected a dict with keys b'data' and "
-                f"{fmt.label_key!r}"
-            )
-        data = np.asarray(content[b"data"])
-        file_labels = list(content[fmt.label_key])
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 \
-                or len(file_labels) != len(data):
-            raise KdcoreError(
-                f"{path}: expected b'data' as uint8 of shape (N, 3072) with N labels, got "
-                f"{data.dtype} {data.shape} and {len(file_labels)} labels"
-            )
-        images.append(data)
-        labels += file_labels
-    label_tensor = torch.tensor(labels, dtype=torch.int64)
-    if len(label_tensor) and not 0 <= int(label_tensor.min()) <= int(label_tensor.max()) < fmt.num_classes:
-        raise KdcoreError(f"{paths[0].parent}: labels outside 0..{fmt.num_classes - 1}")
+    images, labels = zip(*(_read_file(fmt, path) for path in paths))
     inputs = torch.from_numpy(np.concatenate(images)).reshape(-1, *IMAGE_SHAPE)
-    return Split(inputs=inputs, labels=label_tensor)
+    return Split(inputs=inputs, labels=torch.from_numpy(np.concatenate(labels)))
+
+
+def _read_file(fmt: CifarFormat, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file's images, uint8 (N, 3072), and labels, int64 (N,), checked against the
+    official format; any problem is one line naming the file and the fix."""
+    fix = (f"re-download {fmt.archive} (python version) from {SOURCE_URL} and extract it into "
+           f"{path.parent.parent}")
+    content = safe_pickle.load(path, fix, encoding="bytes")
+    expected = f"a {fmt.title} batch is a dict with keys b'data' and {fmt.label_key!r}"
+    if not isinstance(content, dict):
+        raise KdcoreError(f"{path}: holds a {type(content).__name__}, not a dict ({expected}); {fix}")
+    missing = [repr(key) for key in (b"data", fmt.label_key) if key not in content]
+    if missing:
+        found = safe_pickle.printable(", ".join(repr(key) for key in list(content)[:8]))
+        raise KdcoreError(f"{path}: has no key {' or '.join(missing)} (its keys: {found or 'none'}); "
+                          f"{expected}; {fix}")
+    data, file_labels = content[b"data"], content[fmt.label_key]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3 * 32 * 32:
+        got = f"{data.dtype} of shape {data.shape}" if isinstance(data, np.ndarray) else f"a {type(data).__name__}"
+        raise KdcoreError(f"{path}: b'data' is {got}, expected a uint8 numpy array of shape (N, 3072); {fix}")
+    if isinstance(file_labels, np.ndarray) and file_labels.ndim == 1 \
+            and np.issubdtype(file_labels.dtype, np.integer):
+        values = file_labels
+    elif isinstance(file_labels, list) and all(type(label) is int for label in file_labels):
+        values = file_labels
+    else:
+        raise KdcoreError(f"{path}: {fmt.label_key!r} is {_describe(file_labels)}, expected a list of "
+                          f"ints; {fix}")
+    if len(values) != len(data):
+        raise KdcoreError(f"{path}: {len(values)} labels in {fmt.label_key!r} for {len(data)} images in "
+                          f"b'data'; {fix}")
+    low, high = (int(np.min(values)), int(np.max(values))) if len(values) else (0, 0)
+    if not 0 <= low <= high < fmt.num_classes:
+        raise KdcoreError(f"{path}: labels outside 0..{fmt.num_classes - 1} (found {low} to {high}); {fix}")
+    return data, np.asarray(values, dtype=np.int64)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype} array of shape {value.shape}"
+    if isinstance(value, list):
+        odd = next(item for item in value if type(item) is not int)
+        return f"a list holding a {type(odd).__name__}"
+    return f"a {type(value).__name__}"
 
 
 def hold_out(train: Split, val_size: int, seed: int) -> tuple[Split, Split | None]:
@@ -146,6 +170,8 @@ def _bundle(fmt: CifarFormat, train: Split, test: Split, params: CifarParams,
         test=test,
         train_transform=CropFlipNormalize(fmt.mean, fmt.std),
         eval_transform=Normalize(fmt.mean, fmt.std),
+        # MLKD's strong view (crop, flip, RandAugment(2) and Cutout), for distillers asking for it
+        views={"strong": CropFlipRandAugmentNormalize(fmt.mean, fmt.std)},
     )
 
 
