@@ -54,3 +54,19 @@ def test_recipe_using_the_example_components_runs(installed_example, tmp_path, m
     log = [json.loads(line) for line in (tmp_path / "run/student/metrics.jsonl").read_text().splitlines()]
     assert "train/logit-matching" in log[0]
     assert log[-1]["train/logit-matching"] < log[0]["train/logit-matching"]
+
+
+def test_the_examples_own_tests_pass_with_kdcores_test_kit(installed_example):
+    """The example's tests import ``kdcore.testing``, which pytest loads as a plugin (entry point
+    ``pytest11``) because kdcore is installed."""
+    env = {**os.environ, "PYTHONPATH": installed_example}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
+                            capture_output=True, text=True, env=env, cwd=EXAMPLE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed" in result.stdout
+
+
+def test_pytest_loads_the_test_kit_as_a_plugin():
+    result = subprocess.run([sys.executable, "-m", "pytest", "--fixtures", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
+                            capture_output=True, text=True, cwd=EXAMPLE, env={**os.environ, "PYTHONPATH": str(EXAMPLE)})
+    assert "kdcore_registry" in result.stdout and "fake_site" in result.stdout

@@ -13,7 +13,7 @@ class LogitMatching(Distiller):
         self.center = params.center
 
     def forward(self, student, teacher, batch):
-        s, t = student["logits"], teacher["logits"]
+        s, t = student["logits"], teacher["logits"].detach()  # the teacher only teaches
         if self.center:
             s = s - s.mean(dim=1, keepdim=True)
             t = t - t.mean(dim=1, keepdim=True)
