@@ -47,7 +47,7 @@ def test_plugins_params_shows_types_defaults_and_descriptions(monkeypatch, capsy
 def test_plugins_kind_filter(monkeypatch, capsys):
     code, out, _ = run_cli(monkeypatch, capsys, "plugins", "--json", "--kind", "objective")
     assert code == 0
-    assert {c["name"] for c in json.loads(out)["components"]} == {"ce", "mse"}
+    assert {c["name"] for c in json.loads(out)["components"]} == {"ce", "mse", "soteacher", "mcmi"}
 
 
 def test_unexpected_errors_are_one_line_unless_debug(write_recipe, tmp_path, monkeypatch, capsys):

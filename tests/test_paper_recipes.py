@@ -47,6 +47,7 @@ CHOSEN_DKD_BETA = {("resnet110", "resnet20"): 2.0, ("resnet50", "vgg8"): 8.0}
 TOY_FILES = sorted(str(p.relative_to(RECIPES)) for p in RECIPES.glob("toy_*.yaml"))
 
 EXPECTED_RUNS: dict[str, int] = {
+    "digits.yaml": 40,
     **{f"cifar100/table1_{t}_{s}.yaml": 7 * 2 * 5 for t, s in TABLE1_PAIRS},
     **{f"cifar100/table1_{t}_{s}_lower.yaml": 3 * 2 * 5 for t, s in TABLE1_PAIRS},
     **{f"cifar100/table2_{t}_{s}.yaml": 7 * 2 * 5 for t, s in TABLE2_PAIRS},

@@ -71,7 +71,7 @@ def test_duplicate_component_names_name_both_providers(fake_site):
 
 
 def test_unknown_name_lists_available_and_suggests(registry):
-    with pytest.raises(KdcoreError, match=r"unknown objective 'mes' \(available: ce, mse\); did you mean 'mse'\?"):
+    with pytest.raises(KdcoreError, match=r"unknown objective 'mes' \(available: ce, mcmi, mse, soteacher\); did you mean 'mse'\?"):
         registry.get("objective", "mes")
 
 
