@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 import kdcore
 from kdcore.api import SPEC_TYPES
@@ -44,7 +45,7 @@ def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
     from kdcore.registry import load_registry
 
     _, variants = load_variants(recipe, list(overrides), load_registry())
-    console.print(f"[green]ok[/]: {recipe} ({len(variants)} run{'s' if len(variants) > 1 else ''})")
+    console.print(f"[green]ok[/]: {escape(str(recipe))} ({len(variants)} run{'s' if len(variants) > 1 else ''})")
 
 
 @cli.command()
@@ -69,7 +70,7 @@ def run(recipe: Path, overrides: tuple[str, ...], out: Path, run_dir: Path | Non
     raw, variants = load_variants(recipe, list(overrides), registry)
     if dry_run:
         for variant in variants:
-            console.print(f"would run: {variant.recipe.name} {variant.id or '(single run)'}")
+            console.print(escape(f"would run: {variant.recipe.name} {variant.id or '(single run)'}"))
         return
     from kdcore.engine import distributed
     from kdcore.runs import sweep
@@ -82,7 +83,7 @@ def run(recipe: Path, overrides: tuple[str, ...], out: Path, run_dir: Path | Non
         if distributed.is_main():
             sweep.prepare(directory, raw, variants, resume)
             write_environment(directory, first.runtime.device, first.seed, registry)
-            console.print(f"run directory: {directory}")
+            console.print(escape(f"run directory: {directory}"))
         distributed.barrier()
         store = teachers or teacher_store_default(out, run_dir)
         sweep.execute(directory, variants, registry, first.runtime.jobs, console, store)
@@ -176,7 +177,7 @@ def main() -> None:
         cli.main(standalone_mode=False)
     except KdcoreError as error:
         for line in str(error).splitlines():
-            errors.print(f"[red]error[/]: {line}", soft_wrap=True)
+            errors.print(f"[red]error[/]: {escape(line)}", soft_wrap=True)
         sys.exit(EXIT_USER_ERROR)
     except click.exceptions.Abort:
         sys.exit(EXIT_INTERRUPTED)
@@ -189,7 +190,7 @@ def main() -> None:
     except Exception as error:
         if debug:
             raise
-        errors.print(f"[red]error[/]: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
+        errors.print(f"[red]error[/]: {escape(f'{type(error).__name__}: {error}')} (rerun with --debug for the traceback)",
                      soft_wrap=True)
         sys.exit(EXIT_INTERNAL_ERROR)
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kdcore.api import SPEC_TYPES, DistillerSpec, RuntimeOptionSpec
@@ -46,13 +47,13 @@ def print_inventory(console: Console, registry: Registry, kind: str | None, as_j
         plugins.add_column(column)
     for p in data["plugins"]:
         status = "[green]ok[/]" if p["status"] == "ok" else f"[red]{p['status']}[/]"
-        plugins.add_row(p["name"], p["distribution"], p["version"], status, p["error"] or "")
+        plugins.add_row(*map(escape, (p["name"], p["distribution"], p["version"])), status, escape(p["error"] or ""))
     components = Table(title="Components")
     for column in ("kind", "name", "provider", "summary"):
         components.add_column(column)
     for c in data["components"]:
-        name = f"[red]{c['name']} (conflict)[/]" if c["conflict"] else c["name"]
-        components.add_row(c["kind"], name, f"{c['provider']} ({c['distribution']})", c["summary"])
+        name = f"[red]{escape(c['name'])} (conflict)[/]" if c["conflict"] else escape(c["name"])
+        components.add_row(c["kind"], name, escape(f"{c['provider']} ({c['distribution']})"), escape(c["summary"]))
     console.print(plugins)
     console.print(components)
 
@@ -82,7 +83,7 @@ def print_params(console: Console, component: Component, as_json: bool) -> None:
             schema["published_weight"] = weight
         console.print_json(json.dumps(schema))
         return
-    title = f"{component.kind} '{component.name}': {spec.summary}"
+    title = escape(f"{component.kind} '{component.name}': {spec.summary}")
     if weight is not None:
         title += f" (published loss weight {weight:g}, the recipe's default weight)"
     table = Table(title=title)
@@ -92,7 +93,7 @@ def print_params(console: Console, component: Component, as_json: bool) -> None:
         default = "(required)" if field.default is PydanticUndefined and field.default_factory is None else repr(
             field.get_default(call_default_factory=True)
         )
-        table.add_row(field_name, _type_name(field.annotation), default, field.description or "")
+        table.add_row(*map(escape, (field_name, _type_name(field.annotation), default, field.description or "")))
     if not model.model_fields:
         table.add_row("(none)", "", "", "")
     console.print(table)
@@ -103,10 +104,10 @@ def _print_runtime_option(console: Console, spec: RuntimeOptionSpec, as_json: bo
         console.print_json(json.dumps({"name": spec.name, "type": _type_name(spec.type), "default": spec.default,
                                        "summary": spec.summary}, default=repr))
         return
-    table = Table(title=f"runtime option '{spec.name}' (runtime: {{{spec.name}: ...}})")
+    table = Table(title=escape(f"runtime option '{spec.name}' (runtime: {{{spec.name}: ...}})"))
     for column in ("type", "default", "description"):
         table.add_column(column)
-    table.add_row(_type_name(spec.type), repr(spec.default), spec.summary)
+    table.add_row(*map(escape, (_type_name(spec.type), repr(spec.default), spec.summary)))
     console.print(table)
 
 

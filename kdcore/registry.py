@@ -117,6 +117,7 @@ def load_registry(group: str = ENTRY_POINT_GROUP) -> Registry:
     manager = pluggy.PluginManager(PROJECT)
     manager.add_hookspecs(KdcoreSpecs)
     loaded: dict[str, PluginInfo] = {}
+    interrupted = False
     for entry_point in sorted(importlib.metadata.entry_points(group=group), key=_sort_key):
         info = PluginInfo(
             name=entry_point.name,
@@ -128,15 +129,27 @@ def load_registry(group: str = ENTRY_POINT_GROUP) -> Registry:
         try:
             plugin = entry_point.load()
             manager.register(plugin, name=plugin_id)
-        except Exception as error:  # a broken plugin must not take the others down
-            info.fail(f"{type(error).__name__}: {error}")
+        except KeyboardInterrupt:  # listed like any failure; the interrupt is honoured once all are listed
+            info.fail("interrupted while importing")
+            interrupted = True
+            continue
+        except (Exception, SystemExit) as error:  # a broken plugin must not take the others down
+            info.fail(f"{_failure(error)} while importing")
             continue
         _check_hook_names(manager, plugin, info)
         loaded[plugin_id] = info
     for kind, spec_type in SPEC_TYPES.items():
         for implementation in getattr(manager.hook, spec_type.hook).get_hookimpls():
             _collect(registry, kind, implementation, loaded[implementation.plugin_name])
+    if interrupted:
+        raise KeyboardInterrupt
     return registry
+
+
+def _failure(error: BaseException) -> str:
+    if isinstance(error, SystemExit):
+        return f"called sys.exit({error.code!r})"
+    return f"raised {type(error).__name__}: {error}"
 
 
 def _sort_key(entry_point: importlib.metadata.EntryPoint) -> tuple[str, str]:
@@ -164,8 +177,8 @@ def _collect(registry: Registry, kind: str, implementation: Any, info: PluginInf
     expected = SPEC_TYPES[kind]
     try:
         specs = list(implementation.function())
-    except Exception as error:
-        info.fail(f"{expected.hook} raised {type(error).__name__}: {error}")
+    except (Exception, SystemExit) as error:
+        info.fail(f"{expected.hook} {_failure(error)}")
         return
     for spec in specs:
         if isinstance(spec, expected):

@@ -58,10 +58,20 @@ class ComponentRef(Strict):
         registry = _registry(info)
         if registry is None or "name" not in info.data:
             return params
-        spec = registry.get(cls.kind, info.data["name"]).spec
+        component = registry.get(cls.kind, info.data["name"])
+        spec = component.spec
         if isinstance(params, spec.params):
             return params
-        return spec.params.model_validate({} if params is None else params)
+        try:
+            return spec.params.model_validate({} if params is None else params)
+        except ValidationError:
+            raise
+        except Exception as error:  # a plugin's validator that fails other than by ValueError
+            provider = component.provider
+            raise PydanticCustomError("plugin_params", "{message}", {"message": (
+                f"the params validation of {cls.kind} '{component.name}' (plugin {provider.name} of "
+                f"{provider.distribution} {provider.version}) raised {type(error).__name__}: {error}; "
+                "report it to the plugin's authors")}) from None
 
 
 def _registry(info: ValidationInfo) -> Registry | None:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdcore.config.schema import DistillerRef
+from kdcore.errors import KdcoreError
 from kdcore.nn import Batch, Distiller, Features, Objective
 
 
@@ -29,14 +30,38 @@ def named_terms(term: str, losses: dict[str, Tensor]) -> dict[str, Tensor]:
     return {f"{term}.{key}": value for key, value in losses.items()}
 
 
-def objective_terms(objective: Callable, term: str, logits: Tensor, batch: Batch) -> dict[str, Tensor]:
+def checked_terms(losses: object, who: str) -> dict[str, Tensor]:
+    """A component's losses as a dict of scalar tensors, or one line saying what it returned."""
+    if isinstance(losses, Tensor):
+        losses = {"loss": losses}
+    if not isinstance(losses, dict) or not losses:
+        raise KdcoreError(f"{who} returned {type(losses).__name__}; it must return a dict of named scalar tensors")
+    for key, value in losses.items():
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            shape = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            raise KdcoreError(f"{who} returned {shape} for its term '{key}'; each term must be a scalar tensor")
+    return losses
+
+
+def guarded(call: Callable[[], object], who: str) -> dict[str, Tensor]:
+    """Run a plugin's forward, turning what it raises into one line naming it."""
+    try:
+        return checked_terms(call(), who)
+    except KdcoreError:
+        raise
+    except Exception as error:
+        raise KdcoreError(f"{who} failed in its forward pass: {type(error).__name__}: {error}; "
+                          "report it to the plugin's authors (--debug shows the traceback)") from error
+
+
+def objective_terms(objective: Callable, term: str, logits: Tensor, batch: Batch, who: str) -> dict[str, Tensor]:
     """The teacher objective's terms: a :class:`kdcore.nn.Objective` sees the whole batch,
     any other callable ``(logits, labels)``."""
     if isinstance(objective, Objective):
-        loss = objective(logits, batch)
+        losses = guarded(lambda: objective(logits, batch), who)
     else:
-        loss = objective(logits, batch.labels)
-    return named_terms(term, loss if isinstance(loss, dict) else {term: loss})
+        losses = guarded(lambda: objective(logits, batch.labels), who)
+    return named_terms(term, losses)
 
 
 class StudentLoss:
@@ -44,9 +69,10 @@ class StudentLoss:
     batch's ``primary`` rows when a distiller expanded the batch; with ``ce_weight`` 0 it is
     logged only, without gradient work."""
 
-    def __init__(self, ce_weight: float, refs: Sequence[DistillerRef], distillers: Sequence[Distiller]):
+    def __init__(self, ce_weight: float, refs: Sequence[DistillerRef], distillers: Sequence[Distiller],
+                 names: Sequence[str]):
         self.ce_weight = ce_weight
-        self.weighted = list(zip(refs, distillers))
+        self.weighted = list(zip(refs, distillers, names))
 
     def __call__(self, student: Features, teacher: Features, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         logits = student["logits"] if batch.primary is None else student["logits"][batch.primary]
@@ -58,8 +84,8 @@ class StudentLoss:
                 ce = masked_cross_entropy(logits, batch.labels, batch.labeled)
             total = 0.0
         terms = {"ce": ce}
-        for ref, distiller in self.weighted:
-            losses = distiller(student, teacher, batch)
+        for ref, distiller, who in self.weighted:
+            losses = guarded(lambda: distiller(student, teacher, batch), who)
             terms.update(named_terms(ref.term, losses))
             total = total + ref.weight * sum(losses.values())
         return total, terms

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from kdcore.api import DistillerContext
 from kdcore.config.schema import DistillerRef, OptimizerConfig, ScheduleConfig
-from kdcore.distill.components import build_component
+from kdcore.distill.components import build_component, describe
 from kdcore.distill.context import RunContext
 from kdcore.distill.loss import StudentLoss
 from kdcore.distill.networks import Network, build_network, probe_inputs
@@ -38,7 +38,8 @@ def train_student(run: RunContext, teacher: Network | None) -> tuple[nn.Module, 
         student_features = student.recorder(_wanted(distillers, "student_taps"),
                                             forward=run.accelerator.trained(student.module))
         teacher_features, teacher_targets = _teacher_targets(run, teacher, distillers, expander)
-        loss = StudentLoss(config.ce_weight, config.distillers, distillers)
+        names = [describe(run.registry.get("distiller", ref.name)) for ref in config.distillers]
+        loss = StudentLoss(config.ce_weight, config.distillers, distillers, names)
 
         def step_loss(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
             if expander is not None:

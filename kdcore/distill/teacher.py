@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from kdcore.api import ObjectiveContext
-from kdcore.distill.components import build_component
+from kdcore.distill.components import build_component, describe
 from kdcore.distill.context import RunContext
 from kdcore.distill.loss import objective_terms
 from kdcore.distill.networks import Network, build_network
@@ -59,9 +59,10 @@ def _train_or_load(run: RunContext, model: nn.Module, files: StageFiles) -> None
             modules["objective"] = objective
     network = run.accelerator.trained(model)
     term = config.objective.name
+    who = describe(run.registry.get("objective", term))
 
     def step_loss(batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        terms = objective_terms(objective, term, network(batch.inputs), batch)
+        terms = objective_terms(objective, term, network(batch.inputs), batch, who)
         return sum(terms.values()), terms
 
     settings = loop_settings(config, run.recipe.runtime, stage_seed(run.recipe.seed, "teacher-data"))
