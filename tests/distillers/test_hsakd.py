@@ -15,14 +15,6 @@ from kdcore.config.schema import OptimizerConfig, ScheduleConfig
 from kdcore_distillers.hsakd import AuxiliaryBranch, BasicBlock, Bottleneck, joint_labels
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 K = 3  # classes
 STUDENT = {"stages": [(4, 8, 8), (6, 4, 4), (8, 2, 2)]}

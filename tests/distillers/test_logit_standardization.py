@@ -6,9 +6,9 @@ import statistics
 import pytest
 import torch
 import torch.nn.functional as F
-from kdcore.testing import assert_trains, check_gradients, make_batch, make_distiller_context, train_losses
-from distiller_testkit import build
-from torch import nn
+from kdcore.testing import assert_trains, check_gradients, make_batch, make_distiller_context
+from distiller_testkit import build, logit_student_losses
+
 
 from kdcore_distillers import DKDParams, KDParams
 from kdcore_distillers.dkd import binary_log_probs, kl_batchmean, non_target_log_probs
@@ -22,13 +22,6 @@ from kdcore_distillers.published import (
 
 CTX = make_distiller_context({}, {}, num_classes=5)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def z_scores(row):
@@ -167,13 +160,6 @@ def test_gradients_reach_student_logits_but_not_teacher(name):
 
 @pytest.mark.parametrize("name", ["kd", "dkd"])
 def test_training_a_small_student_reduces_the_loss(name):
-    torch.manual_seed(5)
-    inputs = torch.randn(32, 8)
-    with torch.no_grad():
-        teacher = {"logits": 3 * nn.Linear(8, 5)(inputs)}
-    batch = make_batch(32, num_classes=5, labels=teacher["logits"].argmax(dim=1), epoch=30)
-    losses = train_losses(
-        build(name, CTX, standardize=True), nn.Linear(8, 5), lambda net: {"logits": net(inputs)},
-        teacher, batch, lr=0.02,
-    )
+    losses, _, _ = logit_student_losses(build(name, CTX, standardize=True), lr=0.02, teacher_labels=True,
+                                        epoch=30, seed=5)
     assert_trains(losses, 0.3)

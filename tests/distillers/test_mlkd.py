@@ -16,13 +16,6 @@ CTX = make_distiller_context({}, {}, num_classes=K)
 TERMS = {"ce_strong", "instance_weak", "instance_strong", "class", "batch"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def image_batch(n, labels=None, labeled=None, strong=True, epoch=0):
     generator = torch.Generator().manual_seed(n)

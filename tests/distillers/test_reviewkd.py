@@ -14,14 +14,6 @@ from kdcore_distillers.reviewkd import hcl_loss
 PUBLISHED = published_weights()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread is much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 STUDENT = {"stages": [(4, 8, 8), (6, 4, 4), (8, 2, 2)], "pooled": (8,)}
 TEACHER = {"preact_stages": [(5, 8, 8), (7, 4, 4), (9, 2, 2)], "pooled": (9,)}
 

@@ -6,7 +6,6 @@ tests."""
 import math
 
 import pytest
-import torch
 from tiny_images import records, run_resnet8_pair
 
 from kdcore.registry import load_registry
@@ -26,13 +25,6 @@ METHODS = sorted(c.name for c in load_registry().all_components()
 
 PUBLISHED = published_weights()
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_every_built_in_method_is_covered():
