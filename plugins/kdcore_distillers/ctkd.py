@@ -29,13 +29,7 @@ from torch import Tensor, nn
 
 from kdcore.api import DistillerContext
 from kdcore.nn import Batch, Distiller, Features
-
-
-def standardize_logits(logits: Tensor) -> Tensor:
-    """Each row Z-scored over the classes: ``(z − mean) / (std + 1e-7)``, the standard
-    deviation with Bessel's correction (``torch.std``'s default, as the authors use)."""
-    mean = logits.mean(dim=1, keepdim=True)
-    return (logits - mean) / (logits.std(dim=1, keepdim=True) + 1e-7)
+from kdcore_distillers.kd import standardize
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -94,7 +88,7 @@ class CTKD(Distiller):
         dtype = torch.promote_types(student["logits"].dtype, T.dtype)
         s_logits, t_logits = student["logits"].to(dtype), teacher["logits"].detach().to(dtype)
         if self.standardize:
-            s_logits, t_logits = standardize_logits(s_logits), standardize_logits(t_logits)
+            s_logits, t_logits = standardize(s_logits), standardize(t_logits)
         T = T.to(dtype)
         log_p_student = torch.log_softmax(s_logits / T, dim=1)
         log_p_teacher = torch.log_softmax(t_logits / T, dim=1)

@@ -49,16 +49,10 @@ from torch import Tensor
 from kdcore.api import DistillerContext
 from kdcore.errors import KdcoreError
 from kdcore.nn import Batch, Distiller, Features
+from kdcore_distillers.kd import standardize
 
 METHOD = "mlkd"
 VIEW = "strong"
-
-
-def standardize_logits(logits: Tensor) -> Tensor:
-    """Each row Z-scored over the classes: ``(z − mean) / (std + 1e-7)``, the standard
-    deviation with Bessel's correction (``torch.std``'s default, as the authors use)."""
-    mean = logits.mean(dim=1, keepdim=True)
-    return (logits - mean) / (logits.std(dim=1, keepdim=True) + 1e-7)
 
 
 def kl_t2(s_logits: Tensor, t_logits: Tensor, temperature: float) -> Tensor:
@@ -160,7 +154,7 @@ class MLKD(Distiller):
         zs_weak, zt_weak, zs_strong, zt_strong = s_weak, t_weak, s_strong, t_strong
         if self.standardize:
             zs_weak, zt_weak, zs_strong, zt_strong = map(
-                standardize_logits, (s_weak, t_weak, s_strong, t_strong))
+                standardize, (s_weak, t_weak, s_strong, t_strong))
         weak = [kl_t2(zs_weak, zt_weak, T) for T in self.temperatures]
         strong = [
             kl_t2(zs_strong, zt_strong, T) if i < self.strong_view_temperatures else weak[i]
