@@ -90,7 +90,7 @@ def test_missing_optimizer_says_where_to_put_it(write_recipe, registry):
 def test_invalid_yaml_names_the_line(write_recipe, registry):
     path = write_recipe(RECIPE + "  bad: [unclosed\n")
     message = error_of(path, registry)
-    assert message.startswith(f"{path}:11: invalid YAML")
+    assert message.startswith(f"{path}:11: teacher.bad: invalid YAML")
 
 
 def test_set_overrides_any_field_and_reads_yaml_values(write_recipe, registry):
@@ -123,7 +123,7 @@ def test_matrix_variant_errors_are_reported(write_recipe, registry):
     recipe = dict(TINY_TOY, matrix={"teacher.objective.name": ["ce", "msee"]})
     assert "unknown objective 'msee'" in error_of(write_recipe(recipe), registry)
     recipe = dict(TINY_TOY, matrix={"seed": []})
-    assert "matrix.seed must be a non-empty list" in error_of(write_recipe(recipe), registry)
+    assert "matrix.seed: must be a non-empty list" in error_of(write_recipe(recipe), registry)
 
 
 def test_repeated_distiller_needs_a_label(write_recipe, registry):

@@ -8,6 +8,9 @@ envelope is checked.
 
 from __future__ import annotations
 
+import collections.abc
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -28,9 +31,133 @@ from kdcore.registry import Registry, unknown_name_message
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
+# torch keeps seeds, counts and sizes in 32- or 64-bit integers: a bigger Python int fails deep
+# inside it ("Overflow when unpacking long long") or asks for memory without end. Every integer
+# the kernel hands on (seed, epochs, batch_size, eval_batch_size, milestones, threads, jobs,
+# num_workers, checkpoint_every) and every integer in a plugin's params (layer sizes, sample
+# counts, ...) is therefore at most MAX_INT in magnitude; floats of the envelope must be finite.
+MAX_INT = 2**31 - 1
+Count = Annotated[int, Field(ge=1, le=MAX_INT)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+_BOOLEAN_NOT_NUMBER = (
+    "expected a number, got the boolean {value}; write {example} "
+    "(YAML reads true/false/yes/no/on/off as booleans)"
+)
+_INTEGER_TOO_LARGE = "integer {value} is out of range; use a number between -{limit} and {limit}"
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The types an annotation allows: Annotated stripped, unions flattened."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _members(typing.get_args(annotation)[0])
+    if origin is typing.Union or origin is types.UnionType:
+        return [member for argument in typing.get_args(annotation) for member in _members(argument)]
+    return [annotation]
+
+
+def _scalar_kinds(members: list[Any]) -> tuple[bool, bool, bool]:
+    """(takes a number, takes a boolean, takes an int) for a field of these types."""
+    number = boolean = integer = False
+    for member in members:
+        if member is bool:
+            boolean = True
+        elif member is Any or member is object:
+            boolean = integer = True
+        elif isinstance(member, type) and issubclass(member, (int, float)):
+            number = True
+            integer = integer or issubclass(member, int)
+        elif typing.get_origin(member) is Literal:
+            for value in typing.get_args(member):
+                if isinstance(value, bool):
+                    boolean = True
+                elif isinstance(value, (int, float)):
+                    number = True
+                    integer = integer or isinstance(value, int)
+    return number, boolean, integer
+
+
+_SEQUENCES = (list, tuple, set, frozenset, collections.abc.Sequence, collections.abc.Set)
+_MAPPINGS = (dict, collections.abc.Mapping)
+
+
+def number_errors(annotation: Any, value: Any, loc: tuple = (), into_models: bool = True,
+                  bound_ints: bool = True) -> list[dict]:
+    """Errors for booleans given where ``annotation`` wants a number (pydantic's lax mode reads
+    true as 1), and, with ``bound_ints``, for integers beyond ``MAX_INT``: looking into lists,
+    dicts and, with ``into_models``, nested models. Each error is a pydantic line error."""
+    members = _members(annotation)
+    if isinstance(value, bool):
+        number, boolean, _ = _scalar_kinds(members)
+        if number and not boolean:
+            floats = any(isinstance(m, type) and issubclass(m, float) for m in members)
+            context = {"value": "true" if value else "false",
+                       "example": "a number such as 1 or 0.5" if floats else "an integer such as 1"}
+            return [{"type": PydanticCustomError("bool_as_number", _BOOLEAN_NOT_NUMBER, context),
+                     "loc": loc, "input": value}]
+        return []
+    if isinstance(value, int):
+        if bound_ints and abs(value) > MAX_INT and _scalar_kinds(members)[2]:
+            shown = str(value) if len(str(value)) <= 24 else f"{str(value)[:12]}...({len(str(value))} digits)"
+            return [{"type": PydanticCustomError("int_out_of_range", _INTEGER_TOO_LARGE,
+                                                 {"value": shown, "limit": MAX_INT}),
+                     "loc": loc, "input": value}]
+        return []
+    if isinstance(value, (list, dict)):
+        for member in members:
+            origin = typing.get_origin(member) or member
+            arguments = typing.get_args(member)
+            if (isinstance(value, list) and isinstance(origin, type) and issubclass(origin, _SEQUENCES)
+                    and not issubclass(origin, (str, bytes))):
+                if origin is tuple and arguments and arguments[-1] is not Ellipsis:
+                    items = list(zip(arguments, value))
+                else:
+                    items = [(arguments[0] if arguments else Any, item) for item in value]
+                return [error for position, (item_type, item) in enumerate(items)
+                        for error in number_errors(item_type, item, loc + (position,), into_models, bound_ints)]
+            if isinstance(value, dict) and isinstance(member, type) and issubclass(member, BaseModel):
+                if not into_models:
+                    return []
+                fields = {}
+                for name, field in member.model_fields.items():
+                    fields[name] = field.annotation
+                    if field.alias:
+                        fields[field.alias] = field.annotation
+                return [error for key, item in value.items() if key in fields
+                        for error in number_errors(fields[key], item, loc + (key,), into_models, bound_ints)]
+            if isinstance(value, dict) and isinstance(origin, type) and issubclass(origin, _MAPPINGS):
+                item_type = arguments[1] if len(arguments) == 2 else Any
+                return [error for key, item in value.items()
+                        for error in number_errors(item_type, item, loc + (key,), into_models, bound_ints)]
+        if any(member is Any or member is object for member in members) and bound_ints:
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            return [error for key, item in items
+                    for error in number_errors(Any, item, loc + (key,), into_models, bound_ints)]
+    return []
+
+
+def raise_number_errors(title: str, errors: list[dict]) -> None:
+    if errors:
+        raise ValidationError.from_exception_data(title, errors)
+
 
 class Strict(BaseModel):
+    """Unknown keys are errors, and so are booleans where a number is expected (pydantic's lax
+    mode would read ``epochs: true`` as 1); YAML's ``1`` still fills a float field."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            raise_number_errors(cls.__name__, [
+                error for name, field in cls.model_fields.items() if name in data
+                for error in number_errors(field.annotation, data[name], (name,), into_models=False,
+                                           bound_ints=False)
+            ])
+        return data
 
 
 class ComponentRef(Strict):
@@ -62,6 +189,7 @@ class ComponentRef(Strict):
         spec = component.spec
         if isinstance(params, spec.params):
             return params
+        raise_number_errors(spec.params.__name__, number_errors(spec.params, params))
         try:
             return spec.params.model_validate({} if params is None else params)
         except ValidationError:
@@ -100,7 +228,7 @@ class ArchitectureRef(ComponentRef):
 
 class DistillerRef(ComponentRef):
     kind = DistillerSpec.kind
-    weight: Annotated[float, Field(ge=0)] | None = Field(
+    weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
         default=None, validate_default=True,
         description="multiplies the distiller's terms; defaults to its published weight",
     )
@@ -126,21 +254,21 @@ class DistillerRef(ComponentRef):
 
 class OptimizerConfig(Strict):
     name: Literal["sgd"] = "sgd"
-    lr: Annotated[float, Field(gt=0)]
+    lr: Annotated[FiniteFloat, Field(gt=0)]
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     nesterov: bool = False
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    weight_decay: Annotated[FiniteFloat, Field(ge=0)] = 0.0
 
 
 class ScheduleConfig(Strict):
     """Learning-rate schedule, stepped once per epoch."""
 
     name: Literal["constant", "multistep", "cosine"] = "constant"
-    milestones: list[Annotated[int, Field(ge=1)]] = Field(
+    milestones: list[Count] = Field(
         default_factory=list, description="multistep: epochs after which the lr is multiplied by gamma"
     )
-    gamma: Annotated[float, Field(gt=0)] = 0.1
-    min_lr: Annotated[float, Field(ge=0)] = 0.0
+    gamma: Annotated[FiniteFloat, Field(gt=0)] = 0.1
+    min_lr: Annotated[FiniteFloat, Field(ge=0)] = 0.0
 
     @model_validator(mode="after")
     def _milestones_fit_schedule(self) -> ScheduleConfig:
@@ -154,9 +282,9 @@ class ScheduleConfig(Strict):
 
 class StageConfig(Strict):
     arch: ArchitectureRef
-    epochs: Annotated[int, Field(ge=1)]
-    batch_size: Annotated[int, Field(ge=1)]
-    eval_batch_size: Annotated[int, Field(ge=1)] = 1024
+    epochs: Count
+    batch_size: Count
+    eval_batch_size: Count = 1024
     drop_last: bool = Field(default=False, description="skip the last incomplete batch of an epoch")
     optimizer: OptimizerConfig | None = Field(
         default=None, description="defaults to the recipe's top-level optimizer"
@@ -166,28 +294,63 @@ class StageConfig(Strict):
     )
 
 
+class CalibrationConfig(Strict):
+    """Post-hoc calibration of the teacher on the validation split, after training (or
+    loading): ``temperature`` fits one T > 0 minimising the validation NLL of softmax(z / T),
+    and the student sees the logits z / T (a distiller's own temperature applies on top)."""
+
+    name: Literal["temperature"]
+
+
 class TeacherStage(StageConfig):
     """Train the teacher with an objective, or load it from a safetensors checkpoint."""
 
     objective: ObjectiveRef | None = None
     checkpoint: Path | None = None
-    epochs: Annotated[int, Field(ge=1)] = 1
-    batch_size: Annotated[int, Field(ge=1)] = 64
+    epochs: Count = 1
+    batch_size: Count = 64
+    # Left out of the resolved recipe (and so of the teacher's stored identity) at their
+    # defaults, so that teachers stored before these options existed keep their keys.
+    select: Literal["last", "best_val_top1", "best_val_brier"] = Field(
+        default="last", exclude_if=lambda value: value == "last",
+        description="which epoch's weights become the teacher: the last, or the best on the validation "
+        "split by top-1 or by Brier score",
+    )
+    calibration: CalibrationConfig | None = Field(
+        default=None, exclude_if=lambda value: value is None,
+        description="{name: temperature}: fit one temperature on the validation split by NLL; the student "
+        "sees the calibrated logits",
+    )
+
+    @model_validator(mode="after")
+    def _select_needs_training(self) -> TeacherStage:
+        if self.select != "last" and self.checkpoint is not None:
+            raise ValueError(f"select: {self.select} chooses among the epochs of training; a loaded checkpoint "
+                             "has none (leave select out, or train the teacher with an objective)")
+        return self
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_file(cls, checkpoint: Path | None) -> Path | None:
+        """Checked here, so that an error names the line (or --set) of the checkpoint. The loader
+        has made a path written in a recipe file relative to that file."""
+        if checkpoint is not None:
+            if checkpoint.suffix != ".safetensors":
+                raise ValueError(f"checkpoint {checkpoint} must be a .safetensors file")
+            if not checkpoint.is_file():
+                raise ValueError(f"checkpoint file {checkpoint} does not exist; give a path relative to the "
+                                 "recipe file that states it (on the command line: to the working directory)")
+        return checkpoint
 
     @model_validator(mode="after")
     def _objective_or_checkpoint(self) -> TeacherStage:
         if (self.objective is None) == (self.checkpoint is None):
             raise ValueError("give exactly one of 'objective' (train) or 'checkpoint' (load)")
-        if self.checkpoint is not None:
-            if self.checkpoint.suffix != ".safetensors":
-                raise ValueError(f"checkpoint {self.checkpoint} must be a .safetensors file")
-            if not self.checkpoint.is_file():
-                raise ValueError(f"checkpoint file {self.checkpoint} does not exist")
         return self
 
 
 class StudentStage(StageConfig):
-    ce_weight: Annotated[float, Field(ge=0)] = Field(
+    ce_weight: Annotated[FiniteFloat, Field(ge=0)] = Field(
         default=1.0, description="weight of cross-entropy on the labels"
     )
     distillers: list[DistillerRef] = Field(default_factory=list)
@@ -210,16 +373,16 @@ class StudentStage(StageConfig):
 
 class RuntimeConfig(Strict):
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")] = "auto"
-    threads: Annotated[int, Field(ge=1)] | None = Field(
+    threads: Count | None = Field(
         default=None, description="torch CPU threads per run; default: cores / jobs"
     )
-    jobs: Annotated[int, Field(ge=1)] = Field(
+    jobs: Count = Field(
         default=1, description="runs of a matrix trained at the same time, each in its own process"
     )
-    num_workers: Annotated[int, Field(ge=0)] = Field(
+    num_workers: Annotated[int, Field(ge=0, le=MAX_INT)] = Field(
         default=0, description="DataLoader workers for datasets that are not in memory"
     )
-    checkpoint_every: Annotated[int, Field(ge=1)] = Field(
+    checkpoint_every: Count = Field(
         default=1, description="epochs between checkpoints"
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
@@ -272,7 +435,9 @@ class RuntimeConfig(Strict):
                 options[name] = spec.default
                 continue
             try:
-                options[name] = TypeAdapter(spec.type).validate_python(given.pop(name))
+                value = given.pop(name)
+                raise_number_errors(name, number_errors(spec.type, value))
+                options[name] = TypeAdapter(spec.type).validate_python(value)
             except ValidationError as error:
                 problem = error.errors()[0]["msg"]
                 raise PydanticCustomError("runtime_option", "{message}",
@@ -291,7 +456,7 @@ class RuntimeConfig(Strict):
 
 class Recipe(Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_INT)] = 0
     data: DatasetRef
     optimizer: OptimizerConfig | None = None
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)

@@ -1,6 +1,6 @@
 """The paper's synthetic Gaussian mixture with known p*(y|x), and a plain MLP."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -21,7 +21,7 @@ class GaussianParams(Params):
 
 
 class MLPParams(Params):
-    hidden: list[int] = Field(default=[128, 128], min_length=1, description="hidden layer sizes")
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default=[128, 128], min_length=1, description="hidden layer sizes")
 
 
 class NoisyBayesParams(Params):

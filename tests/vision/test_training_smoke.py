@@ -116,11 +116,11 @@ def test_cifar100_table2_recipe_runs_end_to_end(write_cifar100, tmp_path, monkey
         "--set", f"data.params.root={root}", *sum((["--set", s] for s in SMALL), []),
         "--set", "teacher.arch.name=resnet8", "--set", "student.arch.name=resnet8",
         "--set", "teacher.epochs=1", "--set", "student.epochs=2",
-        "--set", "matrix.student.distillers.0=[{name: pkt, weight: 30000.0}]", "--set", "matrix.seed=[0]",
+        "--set", "matrix.method=[{student.distillers.0: {name: pkt, weight: 30000.0}}]", "--set", "matrix.seed=[0]",
     )
     assert code == 0, err
     for objective in ("ce", "mse"):
-        variant = run / f"distillers=pkt,objective={objective},seed=0"
+        variant = run / f"method=pkt,objective={objective},seed=0"
         summary = json.loads((variant / "summary.json").read_text())
         assert 0 <= summary["teacher"]["test"]["top1"] <= 100
         assert 0 <= summary["student"]["test"]["top1"] <= 100
@@ -178,7 +178,7 @@ def test_binary_cifar_recipe_runs_with_two_classes(write_cifar10, tmp_path, monk
     )
     assert code == 0, err
     for objective in ("ce", "mse"):
-        variant = run / f"distillers=kd,objective={objective},seed=0"
+        variant = run / f"method=kd,objective={objective},seed=0"
         summary = json.loads((variant / "summary.json").read_text())
         assert 0 <= summary["student"]["test"]["top1"] <= 100
         for stage, width in (("teacher", 64), ("student", 1280)):
