@@ -92,6 +92,12 @@ class DatasetBundle:
     views: dict[str, BatchTransform] = field(default_factory=dict)
     """Other augmentations of a training batch by name (e.g. ``"strong"``), computed from the
     stored inputs for distillers that ask for them (:attr:`Distiller.input_views`)."""
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    """``(mean, std)`` per channel, where the transforms end with ``(x - mean) / std`` on pixel
+    values scaled to [0, 1] (``uint8 / 255``): what the networks expect of an input. It is not
+    applied from here (the transforms do that); it is recorded in the weights files, so that
+    whoever uses an exported network prepares its inputs the same way. ``None``: the inputs are
+    used as stored, or the dataset does not say."""
 
 
 @dataclass

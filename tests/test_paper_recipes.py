@@ -25,6 +25,7 @@ TABLE2_PAIRS = [
     ("resnet32x4", "shufflenetv2"), ("vgg13", "mobilenetv2"),
 ]
 REP_METHODS = ["at", "pkt", "sp", "cc", "rkd", "vid", "crd"]
+LOWER_METHODS = ["reviewkd", "dkd", "hsakd"]  # Table 1's lower part, in the same files
 BINARY = {
     "cifar10_0-4_vs_5-9": ("cifar10", [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]),
     "cifar100_20_vs_40": ("cifar100", [20], [40]),
@@ -43,15 +44,18 @@ REP_NAMES = {
 # pairs mdistiller publishes no beta for; the recipes document the value they chose
 CHOSEN_DKD_BETA = {("resnet110", "resnet20"): 2.0, ("resnet50", "vgg8"): 8.0}
 
-# The toy recipes (recipes/toy_*.yaml) belong to the toy study and are only validated here.
-TOY_FILES = sorted(str(p.relative_to(RECIPES)) for p in RECIPES.glob("toy_*.yaml"))
+# The toy recipes (recipes/toy_*.yaml) belong to the toy study, the teacher lab's
+# (recipes/teacher_lab_*.yaml) to no table of the paper: both are only validated here.
+TOY_FILES = sorted(str(p.relative_to(RECIPES)) for p in [*RECIPES.glob("toy_*.yaml"), *RECIPES.glob("teacher_lab_*.yaml")])
+# The newer methods' recipes are checked by tests/test_methods_recipes.py.
+METHODS_FILES = sorted(str(p.relative_to(RECIPES)) for p in RECIPES.glob("cifar100/methods2022_*.yaml"))
 
 EXPECTED_RUNS: dict[str, int] = {
     "digits.yaml": 40,
-    **{f"cifar100/table1_{t}_{s}.yaml": 7 * 2 * 5 for t, s in TABLE1_PAIRS},
-    **{f"cifar100/table1_{t}_{s}_lower.yaml": 3 * 2 * 5 for t, s in TABLE1_PAIRS},
-    **{f"cifar100/table2_{t}_{s}.yaml": 7 * 2 * 5 for t, s in TABLE2_PAIRS},
-    **{f"cifar100/table2_{t}_{s}_review.yaml": 2 * 5 for t, s in TABLE2_PAIRS},
+    "teacher_lab_toy.yaml": 7 * 3,  # 7 teachers (5 objectives, 2 options on ce) x 3 seeds
+    "teacher_lab_digits.yaml": 7 * 5,  # the same 7 teachers x 5 seeds
+    **{f"cifar100/table1_{t}_{s}.yaml": (7 + 3) * 2 * 5 for t, s in TABLE1_PAIRS},
+    **{f"cifar100/table2_{t}_{s}.yaml": (7 + 1) * 2 * 5 for t, s in TABLE2_PAIRS},
     **{f"semisup/fig2_labels{n}.yaml": 2 * 3 for n in LABEL_BUDGETS},
     **{f"binary/table4_{d}.yaml": 3 * 2 * 5 for d in BINARY},
     **{f"binary/table4_{d}_kd.yaml": 2 * 5 for d in BINARY},
@@ -78,7 +82,7 @@ def test_every_recipe_file_is_covered():
     found = {
         str(p.relative_to(RECIPES)) for p in RECIPES.rglob("*.yaml") if "_shared" not in p.parts
     }
-    assert found == set(EXPECTED_RUNS) | set(TOY_FILES)
+    assert found == set(EXPECTED_RUNS) | set(TOY_FILES) | set(METHODS_FILES)
 
 
 @pytest.mark.parametrize("relative", TOY_FILES)
@@ -122,48 +126,57 @@ def _methods(runs) -> dict[str, list]:
     return grouped
 
 
-@pytest.mark.parametrize("teacher,student", TABLE1_PAIRS)
-def test_table1_pair(teacher, student, registry):
-    runs = recipes(f"cifar100/table1_{teacher}_{student}.yaml", registry)
-    _assert_cifar_recipe(runs)
-    assert {(r.teacher.arch.name, r.student.arch.name) for r in runs} == {(teacher, student)}
-    assert {r.data.name for r in runs} == {"cifar100"}
-    grouped = _methods(runs)
-    assert sorted(grouped) == sorted(REP_METHODS)
-    for method, members in grouped.items():
-        assert len(members) == 10
-        for r in members:
-            assert len(r.student.distillers) == 1  # REP form: no KD term
-            assert r.student.distillers[0].weight == PUBLISHED[method]
-            assert r.student.ce_weight == PUBLISHED_CE_WEIGHTS[method] == 1.0
+def _assert_named_by_method(relative: str, registry) -> None:
+    """Runs are named by the zip axis `method`: ``method=<distiller in slot 0>,objective=...,seed=...``."""
+    for v in variants(relative, registry):
+        assert v.id == (f"method={v.recipe.student.distillers[0].name},"
+                        f"objective={v.recipe.teacher.objective.name},seed={v.recipe.seed}")
+        assert v.overrides["method"] == v.recipe.student.distillers[0].name
+        assert v.overrides["student.distillers.0"]["name"] == v.recipe.student.distillers[0].name
 
 
-@pytest.mark.parametrize("teacher,student", TABLE1_PAIRS)
-def test_table1_lower_part_reviewkd_dkd_hsakd_per_pair(teacher, student, registry):
-    runs = recipes(f"cifar100/table1_{teacher}_{student}_lower.yaml", registry)
-    _assert_cifar_recipe(runs)
-    grouped = _methods(runs)
-    assert sorted(grouped) == ["dkd", "hsakd", "reviewkd"]
+def _pair_settings(teacher: str, student: str) -> tuple[float, float]:
+    """DKD's beta and ReviewKD's weight for a pair: published, else the recipes' documented choice."""
     pair = (REP_NAMES[teacher], REP_NAMES[student])
     published = DKD_BETA.get(pair)
     beta = published if published is not None else CHOSEN_DKD_BETA[(teacher, student)]
-    review_weight = REVIEWKD_WEIGHT.get(pair, PUBLISHED["reviewkd"])
-    for r in runs:
-        (method,) = r.student.distillers
-        assert r.student.ce_weight == 1.0
-        if method.name == "dkd":
-            assert method.weight == PUBLISHED["dkd"] and method.params.beta == beta
-            assert (method.params.alpha, method.params.temperature, method.params.warmup_epochs) == (1.0, 4.0, 20)
-        elif method.name == "reviewkd":
-            assert method.weight == review_weight and method.params.warmup_epochs == 20
-        else:
-            assert method.weight == PUBLISHED["hsakd"] and method.params.temperature == 3.0
+    return beta, REVIEWKD_WEIGHT.get(pair, PUBLISHED["reviewkd"])
+
+
+@pytest.mark.parametrize("teacher,student", TABLE1_PAIRS)
+def test_table1_pair(teacher, student, registry):
+    """One file per column of Table 1: the upper part (REP form) and the lower part (ReviewKD,
+    DKD with its per-pair beta, HSAKD), each method with CE weight 1 and no KD term."""
+    relative = f"cifar100/table1_{teacher}_{student}.yaml"
+    runs = recipes(relative, registry)
+    _assert_cifar_recipe(runs)
+    _assert_named_by_method(relative, registry)
+    assert {(r.teacher.arch.name, r.student.arch.name) for r in runs} == {(teacher, student)}
+    assert {r.data.name for r in runs} == {"cifar100"}
+    grouped = _methods(runs)
+    assert sorted(grouped) == sorted(REP_METHODS + LOWER_METHODS)
+    beta, review_weight = _pair_settings(teacher, student)
+    for method, members in grouped.items():
+        assert len(members) == 10
+        for r in members:
+            (distiller,) = r.student.distillers  # REP form: no KD term
+            assert r.student.ce_weight == 1.0
+            if method in REP_METHODS:
+                assert distiller.weight == PUBLISHED[method]
+                assert PUBLISHED_CE_WEIGHTS[method] == 1.0
+            elif method == "dkd":
+                assert distiller.weight == PUBLISHED["dkd"] and distiller.params.beta == beta
+                assert (distiller.params.alpha, distiller.params.temperature, distiller.params.warmup_epochs) == (1.0, 4.0, 20)
+            elif method == "reviewkd":
+                assert distiller.weight == review_weight and distiller.params.warmup_epochs == 20
+            else:
+                assert distiller.weight == PUBLISHED["hsakd"] and distiller.params.temperature == 3.0
 
 
 def test_dkd_beta_examples(registry):
     assert DKD_BETA[("resnet32x4", "resnet8x4")] == 8.0
     beta = {
-        pair: next(d for r in recipes(f"cifar100/table1_{pair[0]}_{pair[1]}_lower.yaml", registry)
+        pair: next(d for r in recipes(f"cifar100/table1_{pair[0]}_{pair[1]}.yaml", registry)
                    for d in r.student.distillers if d.name == "dkd").params.beta
         for pair in [("resnet32x4", "shufflenetv1"), ("resnet56", "resnet20"), ("vgg13", "mobilenetv2")]
     }
@@ -172,33 +185,30 @@ def test_dkd_beta_examples(registry):
 
 @pytest.mark.parametrize("teacher,student", TABLE2_PAIRS)
 def test_table2_pair_adds_kd(teacher, student, registry):
-    runs = recipes(f"cifar100/table2_{teacher}_{student}.yaml", registry)
+    """One file per column of Table 2: each method of Table 1's upper part and ReviewKD, plus KD
+    (weight 1, T 4) in slot 1, CE weight 1."""
+    relative = f"cifar100/table2_{teacher}_{student}.yaml"
+    runs = recipes(relative, registry)
     _assert_cifar_recipe(runs)
+    _assert_named_by_method(relative, registry)
     assert {(r.teacher.arch.name, r.student.arch.name) for r in runs} == {(teacher, student)}
     grouped = _methods(runs)
-    assert sorted(grouped) == sorted(REP_METHODS)
+    assert sorted(grouped) == sorted(REP_METHODS + ["reviewkd"])
+    _, review_weight = _pair_settings(teacher, student)
     for method, members in grouped.items():
+        assert len(members) == 10
         for r in members:
             first, kd = r.student.distillers
-            assert first.weight == PUBLISHED[method]
+            assert first.weight == (review_weight if method == "reviewkd" else PUBLISHED[method])
+            if method == "reviewkd":
+                assert first.params.warmup_epochs == 20
             assert kd.name == "kd" and kd.weight == 1.0 and kd.params.temperature == 4.0
             assert r.student.ce_weight == 1.0
 
 
-@pytest.mark.parametrize("teacher,student", TABLE2_PAIRS)
-def test_table2_review_plus_kd(teacher, student, registry):
-    runs = recipes(f"cifar100/table2_{teacher}_{student}_review.yaml", registry)
-    _assert_cifar_recipe(runs)
-    weight = REVIEWKD_WEIGHT.get((REP_NAMES[teacher], REP_NAMES[student]), PUBLISHED["reviewkd"])
-    for r in runs:
-        review, kd = r.student.distillers
-        assert (review.name, review.weight) == ("reviewkd", weight)
-        assert kd.name == "kd" and kd.weight == 1.0 and r.student.ce_weight == 1.0
-
-
 def test_mobilenet_and_shufflenet_students_train_at_lr_0_01(registry):
     for relative in ("cifar100/table1_resnet50_mobilenetv2.yaml", "cifar100/table2_resnet32x4_shufflenetv2.yaml",
-                     "cifar100/table1_wrn-40-2_shufflenetv1_lower.yaml", "binary/table4_cifar100_20_vs_40_kd.yaml"):
+                     "cifar100/table1_wrn-40-2_shufflenetv1.yaml", "binary/table4_cifar100_20_vs_40_kd.yaml"):
         for r in recipes(relative, registry):
             assert r.student.optimizer.lr == 0.01 and r.teacher.optimizer.lr == 0.05
     for r in recipes("cifar100/table1_resnet56_resnet20.yaml", registry):

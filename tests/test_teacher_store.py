@@ -1,6 +1,7 @@
 """Shared teachers: one teacher per identity, trained once, reused across runs and sweeps."""
 
 import copy
+import dataclasses
 import json
 import re
 import signal
@@ -10,6 +11,7 @@ import time
 
 from kdcore.config.loader import load_variants
 from kdcore.distill.store import teacher_key
+from kdcore.registry import Registry
 from tests.conftest import TINY_TOY, run_cli
 
 
@@ -19,7 +21,7 @@ def test_key_changes_with_what_determines_the_teacher_only(write_recipe, registr
         for path, value in overrides.items():
             section, field = path.split("__")
             recipe[section][field] = value
-        return teacher_key(load_variants(write_recipe(recipe), [], registry)[1][0].recipe)
+        return teacher_key(load_variants(write_recipe(recipe), [], registry)[1][0].recipe, registry)
 
     base = key()
     assert key(student__ce_weight=0.9) == base
@@ -28,6 +30,28 @@ def test_key_changes_with_what_determines_the_teacher_only(write_recipe, registr
     assert key(teacher__epochs=4) != base
     assert key(teacher__objective={"name": "ce"}) != base
     assert base.startswith("mlp-mse-")
+
+
+def with_provider_version(registry, kind, name, version):
+    """The registry with the component ``kind``/``name`` provided by another release."""
+    [component] = registry.components[kind][name]
+    provider = dataclasses.replace(component.provider, version=version)
+    copied = Registry(plugins=list(registry.plugins),
+                      components={k: dict(by_name) for k, by_name in registry.components.items()})
+    copied.components[kind][name] = [dataclasses.replace(component, provider=provider)]
+    return copied
+
+
+def test_key_changes_with_the_release_of_the_plugins_that_define_the_teacher(write_recipe, registry):
+    """A teacher trained by version 1.0 of an objective plugin is not reused once the plugin's
+    release changes (its loss may have); the student's plugins do not matter."""
+    recipe = load_variants(write_recipe(TINY_TOY), [], registry)[1][0].recipe
+    base = teacher_key(recipe, registry)
+    for kind, name in (("objective", "mse"), ("architecture", "mlp"), ("dataset", "gaussian")):
+        changed = teacher_key(recipe, with_provider_version(registry, kind, name, "99.0"))
+        assert changed != base, kind
+        assert changed.startswith("mlp-mse-")
+    assert teacher_key(recipe, with_provider_version(registry, "distiller", "kd", "99.0")) == base
 
 
 def test_students_of_a_sweep_share_one_teacher_trained_once_also_in_parallel(write_recipe, tmp_path, monkeypatch, capsys):

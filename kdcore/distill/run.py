@@ -69,7 +69,7 @@ class Run:
         teacher = None
         if recipe.teacher is not None:
             teacher = teacher_network(run)
-            summary["teacher"] = self._evaluate(run, teacher.module, recipe.teacher, "teacher")
+            summary["teacher"] = {**self._evaluate(run, teacher.module, recipe.teacher, "teacher"), **teacher.details}
         if recipe.student is not None:
             student, distillers = train_student(run, teacher)
             summary["student"] = self._evaluate(run, student, recipe.student, "student")

@@ -14,6 +14,7 @@ from kdcore.config.schema import DistillerRef, OptimizerConfig, ScheduleConfig
 from kdcore.distill.components import build_component, describe
 from kdcore.distill.context import RunContext
 from kdcore.distill.loss import StudentLoss
+from kdcore.distill.metadata import weights_metadata
 from kdcore.distill.networks import Network, build_network, probe_inputs
 from kdcore.distill.settings import loop_settings, optimizer_settings, schedule_settings, stage_seed
 from kdcore.distill.taps import FeatureRecorder
@@ -50,7 +51,9 @@ def train_student(run: RunContext, teacher: Network | None) -> tuple[nn.Module, 
         modules.to(run.accelerator.device)
         own = [p for d in distillers for p in d.parameters() if p.requires_grad]
         trainable = Trainable(modules, step_loss, evaluated=student.module,
-                              after_backward=lambda: run.accelerator.average_gradients(own))
+                              after_backward=lambda: run.accelerator.average_gradients(own),
+                              weights_metadata=weights_metadata(config.arch, run.data, "student", run.recipe.name,
+                                                                run.label))
         settings = loop_settings(config, run.recipe.runtime, stage_seed(run.recipe.seed, "student-data"))
         views = [view for d in distillers for view in d.input_views]
         run.train("student", trainable, settings, run.directory.stage("student"),

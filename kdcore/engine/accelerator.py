@@ -39,7 +39,26 @@ def resolve_device(name: str) -> torch.device:
     """``auto``: the GPU when there is one (with several processes, this process's GPU)."""
     if name == "auto":
         return torch.device(f"cuda:{distributed.local_rank()}" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    present = available_devices()
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise KdcoreError(f"runtime.device: {name} is not on this machine (devices present: {', '.join(present)}); "
+                          f"set runtime.device to one of them, or to auto")
+    if device.type == "mps" and "mps" not in present:
+        raise KdcoreError(f"runtime.device: mps is not on this machine (devices present: {', '.join(present)}); "
+                          "set runtime.device to one of them, or to auto")
+    return device
+
+
+def available_devices() -> list[str]:
+    """``cpu``, then every CUDA device (``cuda:0`` ...) and ``mps`` where present."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
 
 
 @dataclass(frozen=True)

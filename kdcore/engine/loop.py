@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +17,7 @@ from kdcore.engine.accelerator import Accelerator
 from kdcore.engine.data import Augmentation, LoaderSettings, training_batches
 from kdcore.engine.evaluate import evaluate
 from kdcore.engine.schedule import OptimizerSettings, ScheduleSettings, build_optimizer, learning_rate, set_learning_rate
-from kdcore.errors import NonFiniteLossError
+from kdcore.errors import KdcoreError, NonFiniteLossError
 from kdcore.nn import Batch, Split
 from kdcore.runs.layout import MODEL_SELECTION, StageFiles, save_weights
 
@@ -25,8 +26,24 @@ StepLoss = Callable[[Batch], tuple[Tensor, dict[str, Tensor]]]
 
 
 @dataclass(frozen=True)
+class Selection:
+    """A further choice of epoch besides the best validation top-1 (``best.safetensors``): the
+    weights of the epoch with the highest (``maximise``) or lowest ``metric``, a key of the
+    epoch records such as ``val/brier``, are kept in the stage's file ``weights``; the earliest
+    such epoch on ties."""
+
+    metric: str
+    maximise: bool
+    weights: str
+
+    def improves(self, value: float, best: tuple[int, float] | None) -> bool:
+        return best is None or (value > best[1] if self.maximise else value < best[1])
+
+
+@dataclass(frozen=True)
 class LoopSettings:
-    """How a stage trains. ``seed`` drives the batch order and the augmentation."""
+    """How a stage trains. ``seed`` drives the batch order and the augmentation;
+    ``selections`` keep the weights of further best epochs."""
 
     epochs: int
     batch_size: int
@@ -37,6 +54,7 @@ class LoopSettings:
     checkpoint_every: int = 1
     seed: int = 0
     loader: LoaderSettings = LoaderSettings()
+    selections: tuple[Selection, ...] = ()
 
 
 @dataclass
@@ -47,13 +65,16 @@ class Trainable:
     whose weights the stage produces; other entries are, e.g., distillers' own parameters).
     ``evaluated`` is the classifier whose held-out metrics are logged each epoch (``None``: none).
     ``after_backward`` runs between the backward pass and the optimiser step (averaging the
-    gradients that DistributedDataParallel does not).
+    gradients that DistributedDataParallel does not). ``weights_metadata`` (plain JSON data: the
+    architecture, classes, input shape, ...) is written into every weights file of the model, so
+    that the file can be loaded without the recipe (:func:`kdcore.load`).
     """
 
     modules: nn.ModuleDict
     step_loss: StepLoss
     evaluated: nn.Module | None = None
     after_backward: Callable[[], None] | None = None
+    weights_metadata: dict[str, Any] | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -93,6 +114,7 @@ class Loop:
         generator = torch.Generator().manual_seed(settings.seed)
         start_epoch = self._restore(optimizer, generator)
         best = self.files.best_validation()
+        selected = {s: self.files.best_by(s.metric, s.maximise) for s in settings.selections}
         info = StageInfo(run=self.run, stage=self.stage, directory=str(self.files.path), epochs=settings.epochs,
                          steps_per_epoch=self._steps_per_epoch(), start_epoch=start_epoch)
         self.callbacks.on_stage_start(info)
@@ -105,7 +127,13 @@ class Loop:
             if writes:
                 self.files.append_record(record)
                 if improved:
-                    save_weights(self.trainable.model, self.files.best_weights)
+                    save_weights(self.trainable.model, self.files.best_weights, self.trainable.weights_metadata)
+            for selection, so_far in selected.items():
+                if selection.metric in record and selection.improves(record[selection.metric], so_far):
+                    selected[selection] = (record["epoch"], record[selection.metric])
+                    if writes:
+                        save_weights(self.trainable.model, self.files.path / selection.weights,
+                                     self.trainable.weights_metadata)
             self.callbacks.on_epoch_end(info, record)
             last = epoch + 1 == settings.epochs
             if writes and (last or (epoch + 1) % settings.checkpoint_every == 0):
@@ -113,7 +141,7 @@ class Loop:
                 self.callbacks.on_checkpoint(info, epoch + 1)
         self._check_ranks_agree()
         if writes:
-            save_weights(self.trainable.model, self.files.weights)
+            save_weights(self.trainable.model, self.files.weights, self.trainable.weights_metadata)
         accelerator.barrier()
         self.callbacks.on_stage_end(info)
 
@@ -215,18 +243,47 @@ class Loop:
         number of epochs already done."""
         self.files.create()
         main = self.accelerator.is_main()
+        if main:
+            self.files.remove_stale_temporaries()  # of a process killed while writing
         if not self.files.checkpoint.exists():
             if main:
                 self.files.forget_records()
             return 0
         state = self.files.load_state()
-        self.trainable.modules.load_state_dict(state["trainable"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        done = self._validated(state)
+        try:
+            self.trainable.modules.load_state_dict(state["trainable"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
+            detail = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]  # torch's key list
+            raise KdcoreError(
+                f"{self.files.checkpoint}: does not fit the {self.stage} stage ({detail[:160]}); "
+                f"{self.files.checkpoint_fix}"
+            ) from None
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        done = state["epochs_done"]
         if main:
             self.files.keep_records(done)
+        return done
+
+    def _validated(self, state: dict[str, Any]) -> int:
+        """The checkpoint's ``epochs_done``, insisting on what the loop reads from it: an epoch
+        count within the stage's 1..epochs, weights and optimiser as mappings, RNG states as
+        byte tensors."""
+        where, fix = self.files.checkpoint, self.files.checkpoint_fix
+        expected = {"epochs_done": int, "trainable": dict, "optimizer": dict, "generator": Tensor, "torch_rng": Tensor}
+        for key, kind in expected.items():
+            if key not in state:
+                raise KdcoreError(f"{where}: not a kdcore checkpoint (no '{key}'); {fix}")
+            value = state[key]
+            if not isinstance(value, kind) or isinstance(value, bool) or (
+                    kind is Tensor and value.dtype != torch.uint8):
+                raise KdcoreError(f"{where}: '{key}' is a {type(value).__name__}, not what kdcore writes; {fix}")
+        done = state["epochs_done"]
+        if not 1 <= done <= self.settings.epochs:
+            raise KdcoreError(f"{where}: epochs_done is {done}, outside the {self.stage} stage's "
+                              f"1..{self.settings.epochs}; {fix}")
         return done

@@ -172,6 +172,7 @@ def _bundle(fmt: CifarFormat, train: Split, test: Split, params: CifarParams,
         eval_transform=Normalize(fmt.mean, fmt.std),
         # MLKD's strong view (crop, flip, RandAugment(2) and Cutout), for distillers asking for it
         views={"strong": CropFlipRandAugmentNormalize(fmt.mean, fmt.std)},
+        normalization=(fmt.mean, fmt.std),
     )
 
 

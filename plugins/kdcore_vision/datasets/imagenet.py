@@ -178,6 +178,7 @@ def build_imagenet(params: ImageNetParams, ctx: DatasetContext) -> DatasetBundle
             train_transform=DecodeCropFlipNormalize(params.crop_size, MEAN, STD, ctx.device),
             eval_transform=DecodeResizeCenterCropNormalize(params.resize_size, params.crop_size, MEAN, STD,
                                                            ctx.device),
+            normalization=(MEAN, STD),
         )
     normalize = [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
     train_transform = transforms.Compose(
@@ -191,4 +192,5 @@ def build_imagenet(params: ImageNetParams, ctx: DatasetContext) -> DatasetBundle
         input_shape=(3, params.crop_size, params.crop_size),
         train=Split(inputs=ImageFiles(train_files, train_labels, train_transform), labels=train_labels),
         test=Split(inputs=ImageFiles(val_files, val_labels, eval_transform), labels=val_labels),
+        normalization=(MEAN, STD),
     )
