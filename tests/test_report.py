@@ -545,3 +545,23 @@ def test_a_component_with_other_params_is_another_value(tmp_path):
     for value in ("ce(label_smoothing=0.1)", "mse"):
         assert by_value[value]["mean"] == pytest.approx(statistics.fmean(
             planned[(value, s)] - planned[("ce(label_smoothing=0.0)", s)] for s in range(3)))
+
+
+def test_a_report_over_an_unfinished_sweep_names_the_missing_runs(tmp_path):
+    import json as json_
+
+    import yaml as yaml_
+
+    from kdcore.results.collect import collect as collect_
+    from kdcore.results.report import write_report as write_report_
+
+    sweep = tmp_path / "sweep"
+    for name, finished in (("seed=0", True), ("seed=1", False), ("seed=2", False)):
+        (sweep / name).mkdir(parents=True)
+        (sweep / name / "recipe.yaml").write_text(yaml_.safe_dump({"overrides": {"seed": int(name[-1])}, "seed": 0}))
+        if finished:
+            (sweep / name / "summary.json").write_text(json_.dumps({"student": {"test": {"top1": 50.0}}}))
+    (sweep / "recipe.yaml").write_text(yaml_.safe_dump({"matrix": {"seed": [0, 1, 2]}}))
+    write_report_(sweep, collect_([sweep]))
+    report = (sweep / "report.md").read_text()
+    assert "Incomplete sweep: 2 runs not finished** (`seed=1`, `seed=2`)" in report

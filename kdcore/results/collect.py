@@ -225,6 +225,14 @@ def collect(directories: list[Path]) -> list[RunResult]:
     return results
 
 
+def unfinished_runs(results: list[RunResult]) -> list[Path]:
+    """The runs of the results' sweeps that have not finished: folders beside a finished run
+    that hold the resolved recipe every run of a sweep gets when it starts, but no summary."""
+    sweeps = {r.directory.parent for r in results if (r.directory.parent / RECIPE).exists()}
+    return sorted(folder for sweep in sweeps for folder in sweep.iterdir()
+                  if folder.is_dir() and (folder / RECIPE).exists() and not (folder / SUMMARY).exists())
+
+
 # --- the sweeps' matrices ------------------------------------------------------------------------
 
 def matrix_order(results: list[RunResult], dotted: str) -> list[str]:

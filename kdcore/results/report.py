@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from kdcore.results import comparison, plots
-from kdcore.results.collect import RunResult, TeacherIndex
+from kdcore.results.collect import RunResult, TeacherIndex, unfinished_runs
 from kdcore.results.design import Design
 from kdcore.results.statistics import spearman
 from kdcore.results.tables import (
@@ -97,8 +97,12 @@ def build_report(directory: Path, results: list[RunResult], compare: str | None 
     written = [directory / "report.md", directory / "report.csv"]
     compared = (f"Compared field: `{design.factor}`, baseline `{design.baseline}` ({design.baseline_source}); "
                 f"values {', '.join(design.values)}.\n\n" if design.compares else "")
+    missing = unfinished_runs(results)
+    incomplete = (f"**Incomplete sweep: {len(missing)} run{'s' if len(missing) > 1 else ''} not finished** "
+                  f"({', '.join(f'`{m.name}`' for m in missing)}); every table below covers the finished runs "
+                  "only.\n\n" if missing else "")
     sections = [
-        f"# Report: {len(results)} runs in {directory}\n\n"
+        f"# Report: {len(results)} runs in {directory}\n\n{incomplete}"
         f"Mean ± std (sample) over seeds; teacher columns over the {len(teachers.teachers)} distinct teachers "
         f"(a teacher shared by several students counts once). {compared}",
         markdown_table(labels, rows),
