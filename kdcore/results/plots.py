@@ -177,8 +177,8 @@ def learning_curves(path: Path, results: list[RunResult], design: Design | None 
     """Held-out top-1 per epoch: a panel per cell (the students of each value of the compared
     field, mean with a band of ± 1 std over seeds; runs without a teacher dashed grey) and a
     panel per teacher–student pair with its distinct teachers' curves. The y-axis fits the
-    second half of the epochs, where the curves are compared; the first epochs may run below
-    it (said in the panel)."""
+    second half of the epochs (and the best epoch), where the curves are compared; the first
+    epochs may run below it (said in the title)."""
     design = design or Design(results)
     teachers = teachers or TeacherIndex(results)
     panels: dict[str, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
@@ -242,6 +242,7 @@ def learning_curves(path: Path, results: list[RunResult], design: Design | None 
     for axis, title in zip(axes.flat, titles):
         curves = panels.get(title) or teacher_panels[title]
         shown: list[float] = []
+        peaks: list[float] = []
         counts = []
         for value, by_epoch in curves.items():
             epochs = sorted(by_epoch)
@@ -255,6 +256,7 @@ def learning_curves(path: Path, results: list[RunResult], design: Design | None 
             start = epochs[0] + (epochs[-1] - epochs[0]) / 2
             shown += [m - s for e, m, s in zip(epochs, means, spreads) if e >= start]
             shown += [m + s for e, m, s in zip(epochs, means, spreads) if e >= start]
+            peaks.append(max(m + s for m, s in zip(means, spreads)))
         for label, by_epoch in references.get(student_of_panel.get(title, ""), {}).items() if title in panels else []:
             epochs = sorted(by_epoch)
             means = [statistics.fmean(by_epoch[e]) for e in epochs]
@@ -263,8 +265,9 @@ def learning_curves(path: Path, results: list[RunResult], design: Design | None 
             legend.setdefault(f"{label} (n={max(len(by_epoch[e]) for e in epochs)}, mean)", line)
             start = epochs[0] + (epochs[-1] - epochs[0]) / 2
             shown += [m for e, m in zip(epochs, means) if e >= start]
+            peaks.append(max(means))
         if shown:
-            low, high = min(shown), max(shown)
+            low, high = min(shown), max([*shown, *peaks])  # the best epochs stay in view
             margin = max(0.1, 0.08 * (high - low))
             every = [m for line in axis.get_lines() for m in line.get_ydata()]
             any_clipped |= bool(every) and min(every) < low - margin
@@ -278,7 +281,8 @@ def learning_curves(path: Path, results: list[RunResult], design: Design | None 
         axis.set_visible(False)
     figure.legend(list(legend.values()), list(legend), loc="upper center", ncol=min(4, len(legend)), fontsize=10,
                   bbox_to_anchor=(0.5, 0.0), frameon=False)
-    note = "; y-axis fitted to the second half of the epochs (earlier ones run below)" if any_clipped else ""
+    note = ("; y-axis fitted to the second half of the epochs and the best one (earlier ones run below)"
+            if any_clipped else "")
     figure.suptitle(f"Held-out top-1 per epoch ({split_name} split): mean over seeds, band ± 1 std{note}", fontsize=11)
     return _save(plt, figure, path)
 

@@ -71,7 +71,7 @@ def print_teachers(console: Console, entries: list[dict[str, Any]], as_json: boo
     table.add_column("teacher\nseed, epochs\ndata", overflow="fold", width=21)
     table.add_column("objective, options", overflow="fold", width=22)
     for column in ("top-1", "Brier", "NLL", "ECE", "size"):
-        table.add_column(column, justify="right", no_wrap=True)
+        table.add_column(column, justify="right", no_wrap=True, min_width=5)
     for entry in entries:
         if "problem" in entry:
             table.add_row(escape(entry["key"]), f"[yellow]{escape(entry['problem'])}[/]", "", "", "", "",
@@ -98,10 +98,10 @@ def _short(value: Any) -> str:
 
 
 def _size(count: int) -> str:
-    """``812B``, ``22.7k``, ``4.1M``, ``1.2G`` (bytes, powers of 1000)."""
+    """At most 5 characters: ``812B``, ``9.5k``, ``362k``, ``4.1M``, ``1.2G`` (powers of 1000)."""
     value = float(count)
-    for unit in ("B", "k", "M"):
-        if value < 999.5:
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+    for unit in ("B", "k", "M", "G"):
+        if value < 999.5 or unit == "G":
+            return f"{value:.0f}{unit}" if unit == "B" or value >= 9.95 else f"{value:.1f}{unit}"
         value /= 1000
-    return f"{value:.1f}G"
+    return f"{value:.0f}G"
