@@ -351,3 +351,14 @@ def test_a_distiller_receives_the_calibrated_logits(probe, registry, tmp_path):
     with torch.no_grad():
         assert torch.allclose(teacher(inputs[:5]), expected[:5], atol=1e-5)
         assert torch.allclose(features(inputs[:5])["logits"], expected[:5], atol=1e-5)
+
+
+def test_kdcore_teachers_does_not_import_torch(lab):
+    import subprocess
+
+    root, _ = lab
+    probe = ("import sys; from kdcore.cli import main; sys.argv = ['kdcore', 'teachers', sys.argv[1]]\n"
+             "try:\n    main()\nexcept SystemExit as end:\n    assert end.code in (0, None), end.code\n"
+             "assert 'torch' not in sys.modules, 'kdcore teachers imported torch'\nprint('no torch')")
+    result = subprocess.run([sys.executable, "-c", probe, str(root / "teachers")], capture_output=True, text=True)
+    assert result.returncode == 0 and "no torch" in result.stdout, result.stderr
