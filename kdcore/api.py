@@ -32,6 +32,9 @@ hookimpl = pluggy.HookimplMarker("kdcore")
 
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
+Normalization = tuple[tuple[float, ...], tuple[float, ...]]
+"""``(mean, std)`` per channel, in [0, 1] units: an image ``x`` in [0, 1] becomes ``(x - mean) / std``."""
+
 
 class Params(BaseModel):
     """Base for a component's parameters: unknown keys are errors, instances are immutable."""
@@ -96,10 +99,15 @@ class ComponentSpec(Spec):
 
     def builder(self) -> Callable[..., Any]:
         """The build callable, importing it first when it was given as a string."""
-        if callable(self.build):
-            return self.build
-        module_name, _, attribute = self.build.partition(":")
-        return getattr(importlib.import_module(module_name), attribute)
+        return _resolve(self.build)
+
+
+def _resolve(target: Callable[..., Any] | str) -> Callable[..., Any]:
+    """A callable, or the one a ``"module:function"`` string names (imported now)."""
+    if callable(target):
+        return target
+    module_name, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,10 +143,16 @@ class DistillerSpec(ComponentSpec):
 @dataclass(frozen=True, kw_only=True)
 class DatasetSpec(ComponentSpec):
     """A dataset. ``build(params, ctx: DatasetContext)`` returns a
-    :class:`kdcore.nn.DatasetBundle`."""
+    :class:`kdcore.nn.DatasetBundle`.
+
+    ``normalizes``: the dataset normalises its images per channel and uses
+    ``DatasetContext.normalization`` in place of its own statistics when that is set, so that a
+    recipe may ask for ``data.normalization`` (the teacher's weights', say).
+    """
 
     kind: ClassVar[str] = "dataset"
     hook: ClassVar[str] = "kdcore_datasets"
+    normalizes: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,6 +196,11 @@ class ArchitectureSpec(ComponentSpec):
     ``taps`` names the features that distillers may ask for (``stem``, ``stages``,
     ``preact_stages``, ``pooled``...), by module path, so unmodified models work; ``logits``
     is always available. It is a mapping, or a callable of the params returning one.
+
+    ``normalization``, for networks whose weights were trained elsewhere: a callable of the
+    params (or a ``"module:function"`` string) returning the per-channel ``(mean, std)``, in
+    [0, 1] units, that the weights expect, or ``None`` where they say nothing. A recipe's
+    ``data.normalization: teacher`` (or ``student``) gives it to the dataset.
     """
 
     kind: ClassVar[str] = "architecture"
@@ -189,10 +208,15 @@ class ArchitectureSpec(ComponentSpec):
     taps: Mapping[str, TapPath] | Callable[[Any], Mapping[str, TapPath]] = field(
         default_factory=dict
     )
+    normalization: Callable[[Any], Normalization | None] | str | None = None
 
     def tap_paths(self, params: BaseModel) -> dict[str, TapPath]:
         taps = self.taps(params) if callable(self.taps) else self.taps
         return dict(taps)
+
+    def weights_normalization(self, params: BaseModel) -> Normalization | None:
+        """What :attr:`normalization` says for these params (``None`` where it is unset)."""
+        return None if self.normalization is None else _resolve(self.normalization)(params)
 
 
 @dataclass(frozen=True)
@@ -222,6 +246,9 @@ class DatasetContext:
     runtime: Mapping[str, Any] = field(default_factory=dict)
     """The recipe's ``runtime:`` values, the kernel's and those plugins add
     (:class:`RuntimeOptionSpec`); the same mapping reaches every kind of component."""
+    normalization: Normalization | None = None
+    """``(mean, std)`` per channel, in [0, 1] units, that the recipe asks a dataset that
+    ``normalizes`` to use in place of its own (``data.normalization``); ``None``: its own."""
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcore.api import ArchitectureContext, DatasetContext
+from kdcore.api import ArchitectureContext
 from kdcore.config.schema import Recipe
-from kdcore.distill.components import build_component
+from kdcore.distill.dataset import build_dataset
 from kdcore.distill.metadata import FORMAT, weights_metadata
 from kdcore.distill.settings import runtime_values
 from kdcore.errors import KdcoreError
@@ -184,8 +184,7 @@ def metadata_from_run(run_dir: Path, stage: str, registry: Registry) -> dict[str
     config = getattr(recipe, stage)
     if config is None:
         raise KdcoreError(f"{recipe_file}: the recipe has no {stage} stage")
-    bundle = build_component(registry, recipe.data, DatasetContext(seed=recipe.seed, device="cpu",
-                                                                   runtime=runtime_values(recipe.runtime)))
+    bundle = build_dataset(registry, recipe, "cpu", runtime_values(recipe.runtime))
     return weights_metadata(config.arch, bundle, stage, recipe.name, label)
 
 

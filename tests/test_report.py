@@ -521,6 +521,41 @@ def test_zip_axes_label_cells_and_can_be_compared(tmp_path):
         assert found["difference"]["mean"] == pytest.approx(1.0) and found["difference"]["n_pairs"] == 3
 
 
+def test_a_zip_axis_of_teacher_recipes_is_the_default_factor(tmp_path):
+    """A teacher lab names its teacher recipes by a zip axis that sets ``teacher.objective`` and
+    teacher-stage options: without ``--compare``, the report pairs its entries against the first
+    one, instead of splitting each recipe into a cell of its own (0 pairs)."""
+    sweep = tmp_path / "lab"
+    entries = [{"label": "ce", "teacher.objective": {"name": "ce"}, "teacher.select": "last"},
+               {"label": "ce-best", "teacher.objective": {"name": "ce"}, "teacher.select": "best_val_top1"},
+               {"label": "mse", "teacher.objective": {"name": "mse"}, "teacher.select": "last"}]
+    sweep_recipe(sweep, {"teacher_recipe": entries, "seed": [0, 1, 2]})
+    planned = {}
+    for index, entry in enumerate(entries):
+        for seed in range(3):
+            planned[(entry["label"], seed)] = 90 + seed + index * 0.3 + (seed == 1) * index * 0.1
+            document = recipe(seed, entry["teacher.objective"]["name"])
+            document["teacher"]["select"] = entry["teacher.select"]
+            overrides = {"teacher_recipe": entry["label"], "teacher.objective": entry["teacher.objective"],
+                         "teacher.select": entry["teacher.select"], "seed": seed}
+            write_run(sweep / f"teacher_recipe={entry['label']},seed={seed}", overrides, document,
+                      planned[(entry["label"], seed)], teacher=teacher_numbers(96.0 + index, 0.02),
+                      store=tmp_path / "teachers" / f"cnn-{entry['label']}-{seed:012d}")
+    data = build_report(sweep, collect([sweep])).data
+    assert data["compare"] == {"field": "teacher_recipe", "baseline": "ce", "values": ["ce", "ce-best", "mse"],
+                               "baseline_from": "matrix order", "compares": True}
+    kd = [c for c in data["cells"] if c["method"] == "kd" and c["selection"] == "last epoch"]
+    assert len(kd) == 1
+    by_value = {d["value"]: d for d in kd[0]["differences"]}
+    for value in ("ce-best", "mse"):
+        assert by_value[value]["n_pairs"] == 3
+        assert by_value[value]["mean"] == pytest.approx(statistics.fmean(
+            planned[(value, s)] - planned[("ce", s)] for s in range(3)))
+    ranking = [r["value"] for r in data["teacher_lab"]["recipes"] if r["selection"] == "last epoch"]
+    assert ranking == ["mse", "ce-best", "ce"]
+    assert build_report(sweep, collect([sweep]), compare="teacher.objective.name").data["compare"]["values"] == ["ce", "mse"]
+
+
 def test_a_component_with_other_params_is_another_value(tmp_path):
     """ce with label smoothing is not ce: the compared value carries the params that tell runs of
     one objective apart, so that no seed is pooled across them."""

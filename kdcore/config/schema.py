@@ -210,8 +210,39 @@ class ObjectiveRef(ComponentRef):
     kind = ObjectiveSpec.kind
 
 
+class NormalizationValues(Strict):
+    """Per-channel statistics in [0, 1] units: an image ``x`` becomes ``(x - mean) / std``."""
+
+    mean: Annotated[list[FiniteFloat], Field(min_length=1, max_length=16)]
+    std: Annotated[list[Annotated[FiniteFloat, Field(gt=0)]], Field(min_length=1, max_length=16)]
+
+    @model_validator(mode="after")
+    def _one_value_per_channel(self) -> NormalizationValues:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values and std {len(self.std)}: give one of each per channel")
+        return self
+
+
 class DatasetRef(ComponentRef):
     kind = DatasetSpec.kind
+    # Left out of the resolved recipe (and so of stored teachers' identity) at its default.
+    normalization: Literal["dataset", "teacher", "student"] | NormalizationValues = Field(
+        default="dataset", exclude_if=lambda value: value == "dataset",
+        description="per-channel normalisation of the images: the dataset's own; the one the teacher's or the "
+        "student's weights expect (from their architecture's metadata); or {mean: [...], std: [...]}",
+    )
+
+    @field_validator("normalization")
+    @classmethod
+    def _dataset_normalizes(cls, normalization: Any, info: ValidationInfo) -> Any:
+        registry = _registry(info)
+        if normalization == "dataset" or registry is None or "name" not in info.data:
+            return normalization
+        component = registry.get(cls.kind, info.data["name"])
+        if not component.spec.normalizes:
+            raise ValueError(f"dataset '{component.name}' (plugin {component.provider.name}) applies no per-channel "
+                             "normalisation that a recipe can replace; remove data.normalization")
+        return normalization
 
 
 class LoggerRef(ComponentRef):
@@ -466,6 +497,23 @@ class Recipe(Strict):
     student: StudentStage | None = None
     runtime: RuntimeConfig = Field(default_factory=dict, validate_default=True)
     loggers: list[LoggerRef] = Field(default_factory=list, description="experiment trackers for every run")
+
+    @model_validator(mode="after")
+    def _normalization_source(self, info: ValidationInfo) -> Recipe:
+        """``data.normalization: teacher`` (or ``student``) needs that stage, with an architecture
+        that knows its weights' normalisation."""
+        source = self.data.normalization
+        if not isinstance(source, str) or source == "dataset":
+            return self
+        stage = getattr(self, source)
+        if stage is None:
+            raise ValueError(f"data.normalization: {source} takes the {source}'s normalisation, and the recipe has "
+                             f"no {source} stage")
+        registry = _registry(info)
+        if registry is not None and registry.get(ArchitectureSpec.kind, stage.arch.name).spec.normalization is None:
+            raise ValueError(f"data.normalization: {source}: architecture '{stage.arch.name}' does not say which "
+                             "normalisation its weights expect; give {mean: [...], std: [...]} instead")
+        return self
 
     @model_validator(mode="after")
     def _stages_inherit_optimisation(self) -> Recipe:

@@ -9,11 +9,12 @@ from typing import Any
 
 from torch import nn
 
-from kdcore.api import DatasetContext, LoggerContext
+from kdcore.api import LoggerContext
 from kdcore.callbacks import Callback, Callbacks, RunInfo
 from kdcore.config.schema import Recipe, StageConfig
 from kdcore.distill.components import build_component
 from kdcore.distill.context import RunContext
+from kdcore.distill.dataset import build_dataset
 from kdcore.distill.settings import accelerator_settings, runtime_values
 from kdcore.distill.student import train_student
 from kdcore.distill.teacher import teacher_network
@@ -60,8 +61,7 @@ class Run:
 
     def _execute(self, callbacks: Callback, runtime: dict[str, Any]) -> dict[str, Any]:
         recipe, accelerator = self.recipe, self.accelerator
-        data = build_component(self.registry, recipe.data,
-                               DatasetContext(seed=recipe.seed, device=str(accelerator.device), runtime=runtime))
+        data = build_dataset(self.registry, recipe, str(accelerator.device), runtime)
         accelerator.place(data)
         run = RunContext(recipe, self.registry, data, accelerator, self.directory, self.label, callbacks, runtime,
                          self.teacher_store)

@@ -1,8 +1,9 @@
 """What varies between the runs of a report, and how runs line up for a comparison.
 
-- The **compared factor** is one recipe field (``teacher.objective.name`` unless the user names
-  another); its **baseline** value is the first value of that field's matrix axis in the
-  sweep's recipe.yaml (``[ce, mse]`` → ce), unless ``--baseline`` says otherwise.
+- The **compared factor** is one recipe field or zip axis: unless the user names one, the zip
+  axis that sets the teacher's objective (a teacher lab's ``teacher_recipe``: its labels name the
+  teacher recipes), else ``teacher.objective.name``. Its **baseline** value is the first value of
+  that axis in the sweep's recipe.yaml (``[ce, mse]`` → ce), unless ``--baseline`` says otherwise.
 - A **cell** is what is held fixed while the factor changes: the teacher–student pair, the
   method (the student's distillers) and every other field that varies between the runs (the
   *condition*, e.g. ``labeled=500``). Seeds are not part of a cell: runs of a cell that share a
@@ -85,7 +86,7 @@ class Design:
         self.results = results
         self.teachers = teachers
         self.explicit = factor is not None
-        self.factor = factor or DEFAULT_FACTOR
+        self.factor = factor or default_factor(results)
         self.curve = curve
         fields = set().union(*(r.fields for r in results))
         self.varying_all = _varying(results, fields)
@@ -387,6 +388,17 @@ class Design:
     def describe(self) -> dict[str, Any]:
         return {"field": self.factor, "baseline": self.baseline, "values": self.values,
                 "baseline_from": self.baseline_source, "compares": self.compares}
+
+
+def default_factor(results: list[RunResult]) -> str:
+    """The zip axis that sets ``teacher.objective`` (or a field under it), else
+    ``teacher.objective.name``: a zip axis's label is what tells its teacher recipes apart,
+    while the objective's name alone would split one recipe's runs over several cells."""
+    axes = dict.fromkeys(key for r in results for key in r.overrides if not is_field_path(key))
+    for axis in axes:
+        if any(f == "teacher.objective" or f.startswith("teacher.objective.") for f in zip_axis_fields(results, axis)):
+            return axis
+    return DEFAULT_FACTOR
 
 
 def _varying(runs: list[RunResult], fields: set[str]) -> list[str]:

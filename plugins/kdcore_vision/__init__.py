@@ -204,6 +204,7 @@ def _model_hubs():
         params=TorchvisionParams,
         build="kdcore_vision.models.torchvision_any:build",
         taps=_DeferredTaps("kdcore_vision.models.torchvision_any:taps"),
+        normalization="kdcore_vision.models.torchvision_any:normalization",
     )
     yield ArchitectureSpec(
         name="timm",
@@ -211,6 +212,7 @@ def _model_hubs():
         params=TimmParams,
         build="kdcore_vision.models.timm_models:build",
         taps=_DeferredTaps("kdcore_vision.models.timm_models:taps"),
+        normalization="kdcore_vision.models.timm_models:normalization",
     )
 
 
@@ -231,28 +233,33 @@ def kdcore_datasets():
         summary="CIFAR-100 from the official python pickles (crop 32 pad 4 + flip)",
         params=CifarParams,
         build="kdcore_vision.datasets.cifar:build_cifar100",
+        normalizes=True,
     )
     yield DatasetSpec(
         name="cifar10",
         summary="CIFAR-10 from the official python pickles (crop 32 pad 4 + flip)",
         params=CifarParams,
         build="kdcore_vision.datasets.cifar:build_cifar10",
+        normalizes=True,
     )
     yield DatasetSpec(
         name="binary-cifar",
         summary="Two groups of CIFAR classes relabelled 1 / 0 (paper Sec. 5.5)",
         params=BinaryCifarParams,
         build="kdcore_vision.datasets.cifar:build_binary_cifar",
+        normalizes=True,
     )
     yield DatasetSpec(
         name="semisup-cifar10",
         summary="CIFAR-10 with a class-balanced labelled subset (paper Sec. 5.4)",
         params=SemiSupervisedCifarParams,
         build="kdcore_vision.datasets.cifar:build_semisup_cifar10",
+        normalizes=True,
     )
     yield DatasetSpec(
         name="imagenet",
         summary="ImageNet from train/<wnid>/ and val/<wnid>/ JPEG folders (read from disk)",
         params=ImageNetParams,
         build="kdcore_vision.datasets.imagenet:build_imagenet",
+        normalizes=True,
     )

@@ -291,11 +291,12 @@ def test_inplace_activations_are_switched_off(registry):
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def test_normalisation_comes_from_the_weights_metadata():
-    assert hub.weights_normalization("torchvision", torchvision_any_params("resnet18", "DEFAULT")) == IMAGENET
-    assert hub.weights_normalization("torchvision", torchvision_any_params("resnet18")) == IMAGENET
-    assert hub.weights_normalization("torchvision", torchvision_any_params("vit_b_16", "IMAGENET1K_SWAG_E2E_V1")) == IMAGENET
-    assert hub.weights_normalization("resnet8", object()) is None
+def test_normalisation_comes_from_the_weights_metadata(registry):
+    spec = _spec(registry, "torchvision")
+    assert spec.weights_normalization(torchvision_any_params("resnet18", "DEFAULT")) == IMAGENET
+    assert spec.weights_normalization(torchvision_any_params("resnet18")) == IMAGENET
+    assert spec.weights_normalization(torchvision_any_params("vit_b_16", "IMAGENET1K_SWAG_E2E_V1")) == IMAGENET
+    assert _spec(registry, "resnet8").weights_normalization(object()) is None
 
 
 # --- timm -------------------------------------------------------------------------------------
@@ -395,8 +396,9 @@ def test_timm_names_and_normalisation(registry):
         _build(registry, "timm", model="resnet181")
     with pytest.raises(KdcoreError, match="Invalid pretrained tag"):
         _build(registry, "timm", model="test_resnet.no_such_tag")
-    assert hub.weights_normalization("timm", _timm_params("test_resnet")) == ((0.5,) * 3, (0.5,) * 3)
-    assert hub.weights_normalization("timm", _timm_params("resnet18.a1_in1k")) == IMAGENET
+    spec = _spec(registry, "timm")
+    assert spec.weights_normalization(_timm_params("test_resnet")) == ((0.5,) * 3, (0.5,) * 3)
+    assert spec.weights_normalization(_timm_params("resnet18.a1_in1k")) == IMAGENET
 
 
 # --- through the trainer ----------------------------------------------------------------------

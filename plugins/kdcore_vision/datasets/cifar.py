@@ -31,7 +31,7 @@ from kdcore_vision.params import (
 from kdcore_vision.transforms import CropFlipNormalize, CropFlipRandAugmentNormalize, Normalize
 
 from . import safe_pickle
-from .common import balanced_subset, data_root
+from .common import balanced_subset, data_root, normalization
 
 IMAGE_SHAPE = (3, 32, 32)
 SOURCE_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
@@ -160,28 +160,29 @@ def _select(split: Split, mask: Tensor) -> Split:
 
 
 def _bundle(fmt: CifarFormat, train: Split, test: Split, params: CifarParams,
-            num_classes: int) -> DatasetBundle:
+            num_classes: int, ctx: DatasetContext) -> DatasetBundle:
     train, val = hold_out(train, params.val_size, params.split_seed)
+    mean, std = normalization(ctx, (fmt.mean, fmt.std), fmt.title)
     return DatasetBundle(
         num_classes=num_classes,
         input_shape=IMAGE_SHAPE,
         train=train,
         val=val,
         test=test,
-        train_transform=CropFlipNormalize(fmt.mean, fmt.std),
-        eval_transform=Normalize(fmt.mean, fmt.std),
+        train_transform=CropFlipNormalize(mean, std),
+        eval_transform=Normalize(mean, std),
         # MLKD's strong view (crop, flip, RandAugment(2) and Cutout), for distillers asking for it
-        views={"strong": CropFlipRandAugmentNormalize(fmt.mean, fmt.std)},
-        normalization=(fmt.mean, fmt.std),
+        views={"strong": CropFlipRandAugmentNormalize(mean, std)},
+        normalization=(mean, std),
     )
 
 
 def build_cifar10(params: CifarParams, ctx: DatasetContext) -> DatasetBundle:
-    return _bundle(CIFAR10, *load_cifar(CIFAR10, data_root(params.root)), params, 10)
+    return _bundle(CIFAR10, *load_cifar(CIFAR10, data_root(params.root)), params, 10, ctx)
 
 
 def build_cifar100(params: CifarParams, ctx: DatasetContext) -> DatasetBundle:
-    return _bundle(CIFAR100, *load_cifar(CIFAR100, data_root(params.root)), params, 100)
+    return _bundle(CIFAR100, *load_cifar(CIFAR100, data_root(params.root)), params, 100, ctx)
 
 
 def build_binary_cifar(params: BinaryCifarParams, ctx: DatasetContext) -> DatasetBundle:
@@ -197,7 +198,7 @@ def build_binary_cifar(params: BinaryCifarParams, ctx: DatasetContext) -> Datase
         return Split(inputs=split.inputs[mask], labels=labels)
 
     train, test = load_cifar(fmt, data_root(params.root))
-    return _bundle(fmt, relabel(train), relabel(test), params, 2)
+    return _bundle(fmt, relabel(train), relabel(test), params, 2, ctx)
 
 
 def build_semisup_cifar10(params: SemiSupervisedCifarParams, ctx: DatasetContext) -> DatasetBundle:

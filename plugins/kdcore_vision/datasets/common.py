@@ -1,4 +1,5 @@
-"""Helpers shared by the dataset loaders: where the data are, and class-balanced subsets."""
+"""Helpers shared by the dataset loaders: where the data are, class-balanced subsets, and the
+normalisation a recipe asks for."""
 
 import os
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from kdcore.api import DatasetContext, Normalization
 from kdcore.errors import KdcoreError
 
 
@@ -35,3 +37,15 @@ def balanced_subset(labels: Tensor, count: int, generator: torch.Generator, what
             )
         mask[members[torch.randperm(len(members), generator=generator)[:wanted]]] = True
     return mask
+
+
+def normalization(ctx: DatasetContext, own: Normalization, dataset: str) -> Normalization:
+    """The dataset's own ``(mean, std)``, or the one the recipe asks for (``data.normalization``),
+    which must have one value per RGB channel."""
+    if ctx.normalization is None:
+        return own
+    mean, std = ctx.normalization
+    if len(mean) != len(own[0]) or len(std) != len(own[1]):
+        raise KdcoreError(f"data.normalization: {dataset} images have {len(own[0])} channels, and the normalisation "
+                          f"asked for has {len(mean)} means and {len(std)} stds")
+    return tuple(mean), tuple(std)

@@ -37,7 +37,7 @@ from kdcore_vision.jpeg import (
 )
 from kdcore_vision.params import ImageNetParams
 
-from .common import data_root
+from .common import data_root, normalization
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -169,18 +169,19 @@ def build_imagenet(params: ImageNetParams, ctx: DatasetContext) -> DatasetBundle
     if not train_files or not val_files:
         raise KdcoreError(f"ImageNet has no JPEG images under {root}: {expected}")
 
+    mean, std = normalization(ctx, (MEAN, STD), "ImageNet")
     if params.decode == "batched" or (params.decode == "auto" and torch.device(ctx.device).type == "cuda"):
         return DatasetBundle(
             num_classes=len(wnids),
             input_shape=(3, params.crop_size, params.crop_size),
             train=Split(inputs=EncodedFiles(train_files, train_labels), labels=train_labels, collate=collate_encoded),
             test=Split(inputs=EncodedFiles(val_files, val_labels), labels=val_labels, collate=collate_encoded),
-            train_transform=DecodeCropFlipNormalize(params.crop_size, MEAN, STD, ctx.device),
-            eval_transform=DecodeResizeCenterCropNormalize(params.resize_size, params.crop_size, MEAN, STD,
+            train_transform=DecodeCropFlipNormalize(params.crop_size, mean, std, ctx.device),
+            eval_transform=DecodeResizeCenterCropNormalize(params.resize_size, params.crop_size, mean, std,
                                                            ctx.device),
-            normalization=(MEAN, STD),
+            normalization=(mean, std),
         )
-    normalize = [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+    normalize = [transforms.ToTensor(), transforms.Normalize(mean, std)]
     train_transform = transforms.Compose(
         [transforms.RandomResizedCrop(params.crop_size), transforms.RandomHorizontalFlip(), *normalize]
     )
@@ -192,5 +193,5 @@ def build_imagenet(params: ImageNetParams, ctx: DatasetContext) -> DatasetBundle
         input_shape=(3, params.crop_size, params.crop_size),
         train=Split(inputs=ImageFiles(train_files, train_labels, train_transform), labels=train_labels),
         test=Split(inputs=ImageFiles(val_files, val_labels, eval_transform), labels=val_labels),
-        normalization=(MEAN, STD),
+        normalization=(mean, std),
     )

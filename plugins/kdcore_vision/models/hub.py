@@ -1,7 +1,6 @@
 """What the ``torchvision`` and ``timm`` architectures share: reading a local weights file without
 executing code, fitting its tensors to a network whose classification head may differ, finding
-and replacing that head, probing which taps are feature maps, and the normalisation of the
-weights (:func:`weights_normalization`).
+and replacing that head, and probing which taps are feature maps.
 
 Nothing here executes code from a weights file: ``.safetensors`` files are read with safetensors,
 torch pickles (``.pth``, ``.pt``, ``.bin``, ``.ckpt``, ``.pth.tar``) with
@@ -221,16 +220,3 @@ def remember_taps(architecture: str, params: Any, taps: dict[str, Any]) -> dict[
 def remembered_taps(architecture: str, params: Any) -> dict[str, Any] | None:
     return _TAPS.get(_taps_key(architecture, params))
 
-
-def weights_normalization(architecture: str, params: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """The ``(mean, std)`` per channel, in [0, 1] units, that the weights of an architecture were
-    trained with: for ``torchvision``, the weights enum's ``transforms()`` (without ``weights:``
-    or with a local file, the model's ``DEFAULT`` weights'); for ``timm``, the model's
-    ``pretrained_cfg``. ``None`` for other architectures, and where no metadata exist."""
-    if architecture == "torchvision":
-        from kdcore_vision.models.torchvision_any import normalization
-    elif architecture == "timm":
-        from kdcore_vision.models.timm_models import normalization
-    else:
-        return None
-    return normalization(params)
