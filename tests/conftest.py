@@ -68,3 +68,19 @@ def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
         raise SystemExit(0)
     captured = capsys.readouterr()
     return exit_info.value.code, captured.out, captured.err
+
+
+def teacher_log(objective: str, tmp_path: Path, monkeypatch, capsys) -> list[dict]:
+    """Train TINY_TOY's teacher with ``objective`` (then a one-epoch student) through ``kdcore
+    run``; returns the teacher's ``metrics.jsonl`` records, one per epoch."""
+    import copy
+    import json
+
+    recipe = copy.deepcopy(TINY_TOY)
+    recipe["teacher"]["objective"] = {"name": objective}
+    recipe["student"]["epochs"] = 1
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    code, _, err = run_cli(monkeypatch, capsys, "run", path, "--run-dir", tmp_path / "run")
+    assert code == 0, err
+    return [json.loads(line) for line in (tmp_path / "run/teacher/metrics.jsonl").read_text().splitlines()]

@@ -190,3 +190,60 @@ def test_submitit_runs_the_shards_as_a_local_array(write_recipe, tmp_path):
                 job.cancel()
     assert sum((p / "summary.json").exists() for p in sweep.iterdir() if p.is_dir()) == 4
     assert list((sweep / LOGS).glob("*_log.out"))  # the tasks' logs in the run directory
+
+
+FAKE_SBATCH = """#!/usr/bin/env bash
+# Records the submission script, as a SLURM controller would receive it, and answers as sbatch.
+cp "$1" "{record}"
+echo "Submitted batch job 4242"
+"""
+FAKE_SRUN = """#!/usr/bin/env bash
+# Runs the task's command in this shell, its output where sbatch's script asks (%A %a %t %j filled in).
+out=/dev/stdout; err=/dev/stderr
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --output) out=$2; shift 2;; --error) err=$2; shift 2;; --*) shift;; *) break;;
+  esac
+done
+fill() {{ local p=${{1//%A/$SLURM_ARRAY_JOB_ID}}; p=${{p//%a/$SLURM_ARRAY_TASK_ID}}; p=${{p//%t/0}}; echo "${{p//%j/$SLURM_JOB_ID}}"; }}
+exec "$@" > "$(fill "$out")" 2> "$(fill "$err")"
+"""
+
+
+def test_the_slurm_launcher_submits_one_array_that_runs_as_slurm_would(write_recipe, tmp_path, monkeypatch, capsys):
+    """``--launcher slurm`` through submitit's real SlurmExecutor against stand-ins for ``sbatch``
+    and ``srun``: the array script asks for the settings given, and running its tasks as SLURM
+    would (one process per array index, SLURM's environment) trains every run of the sweep."""
+    pytest.importorskip("submitit")
+    from kdcore.runs.launch import LOGS
+
+    bin_dir, record = tmp_path / "bin", tmp_path / "submitted.sh"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH.format(record=record)), ("srun", FAKE_SRUN.format())):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    sweep = tmp_path / "sweep"
+    code, out, err = run_cli(monkeypatch, capsys, "run", sweep_recipe(write_recipe), "--run-dir", sweep,
+                             "--launcher", "slurm", "--set", "launcher.partition=gpu", "--set", "launcher.shards=2",
+                             "--set", "launcher.cpus_per_task=1", "--set", "launcher.timeout_min=30",
+                             "--set", "launcher.array_parallelism=1", "--set", "launcher.account=kd")
+    assert code == 0, err
+    assert "submitted SLURM array job 4242: 2 shards of 4 runs" in " ".join(out.split())
+    script = record.read_text()
+    for flag in ("--array=0-1%1", "--partition=gpu", "--cpus-per-task=1", "--time=30", "--account=kd",
+                 "--job-name=kdcore-tiny", f"--output={sweep / LOGS}/%A_%a_0_log.out"):
+        assert f"#SBATCH {flag}" in script, script
+    assert not any(p.is_dir() and (p / "summary.json").exists() for p in sweep.iterdir())  # nothing ran yet
+    for task in range(2):
+        environment = {**os.environ, "SLURM_JOB_ID": f"{4243 + task}", "SLURM_ARRAY_JOB_ID": "4242",
+                       "SLURM_ARRAY_TASK_ID": str(task), "SLURM_NTASKS": "1", "SLURM_JOB_NUM_NODES": "1",
+                       "SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_JOB_NODELIST": "node1"}
+        subprocess.run(["bash", str(record)], env=environment, check=True, timeout=TIMEOUT, cwd=tmp_path)
+    assert sum((p / "summary.json").exists() for p in sweep.iterdir() if p.is_dir()) == 4
+    for task in range(2):
+        assert (sweep / LOGS / f"4242_{task}_0_result.pkl").exists()
+        log = (sweep / LOGS / f"4242_{task}_0_log.out").read_text()
+        assert f"shard {task}/2: 2 of 4 runs" in log and "Job completed successfully" in log
+    code, out, _ = run_cli(monkeypatch, capsys, "status", sweep)
+    assert code == 0 and "4 done" in " ".join(out.split())

@@ -183,25 +183,9 @@ def test_missing_context_is_a_clear_error():
 
 
 def test_trains_a_teacher_through_the_kernel(tmp_path, monkeypatch, capsys):
-    import json
-    import sys
+    from tests.conftest import teacher_log
 
-    from kdcore.cli import main
-
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(
-        "name: tiny\nseed: 0\ndata: {name: gaussian, params: {n_train: 256, n_val: 128, n_test: 512, dim: 8}}\n"
-        "optimizer: {lr: 0.05, momentum: 0.9}\n"
-        "teacher:\n  arch: {name: mlp, params: {hidden: [16]}}\n  objective: {name: soteacher}\n  epochs: 3\n  batch_size: 32\n"
-        "student:\n  arch: {name: mlp, params: {hidden: [8]}}\n  distillers: [{name: kd, weight: 0.5}]\n"
-        "  epochs: 1\n  batch_size: 32\nruntime: {device: cpu, threads: 1}\n"
-    )
-    monkeypatch.setattr(sys, "argv", ["kdcore", "run", str(recipe), "--run-dir", str(tmp_path / "run")])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-        raise SystemExit(0)
-    assert exit_info.value.code == 0, capsys.readouterr().err
-    log = [json.loads(line) for line in (tmp_path / "run/teacher/metrics.jsonl").read_text().splitlines()]
+    log = teacher_log("soteacher", tmp_path, monkeypatch, capsys)
     terms = ("ce", "lipschitz", "consistency")  # the last one starts in epoch 1
     assert all(f"train/soteacher.{t}" in log[0] for t in terms)
     assert log[0][f"train/soteacher.{terms[-1]}"] == 0.0 and log[-1][f"train/soteacher.{terms[-1]}"] != 0.0

@@ -405,7 +405,8 @@ class StudentStage(StageConfig):
 class RuntimeConfig(Strict):
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")] = "auto"
     threads: Count | None = Field(
-        default=None, description="torch CPU threads per run; default: cores / jobs"
+        default=None,
+        description="torch CPU threads per run; default: the cores not already busy, shared by the runs training at once",
     )
     jobs: Count = Field(
         default=1, description="runs of a matrix trained at the same time, each in its own process"

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdcore.config.loader import variant_id
 from kdcore.errors import KdcoreError
 from kdcore.results.collect import (
     RunResult,
@@ -357,7 +358,7 @@ class Design:
         or, where sweeps are merged, what tells the groups apart; ``all runs`` for one group."""
         kept = {k: v for k, v in result.overrides.items() if k.split(".")[-1] != "seed"}
         if self._overrides_cover_all():
-            return _variant_label(kept) or "all runs"
+            return variant_id(kept) or "all runs"
         parts = []
         if not result.has_teacher:
             parts.append("no teacher")
@@ -403,25 +404,6 @@ def default_factor(results: list[RunResult]) -> str:
 
 def _varying(runs: list[RunResult], fields: set[str]) -> list[str]:
     return sorted(f for f in fields if is_design_field(f) and len({repr(r.fields.get(f)) for r in runs}) > 1)
-
-
-def _variant_label(overrides: dict[str, Any]) -> str:
-    """As the folder names of a matrix: ``objective=mse,distillers=kd-pkt``; a zip axis by its
-    name and label, without the field paths it sets (``method=kd``)."""
-    shown: dict[str, Any] = {}
-    in_zip = False
-    for key, value in overrides.items():
-        if not is_field_path(key):
-            in_zip = True
-            shown[key] = value
-        elif not in_zip:
-            shown[key] = value
-    overrides = shown
-    labels = [short_key(key) for key in overrides]
-    if len(set(labels)) < len(labels):
-        labels = list(overrides)
-    return ",".join(f"{label}={value_label(value).replace('/', '_').replace(' ', '')}"
-                    for label, value in zip(labels, overrides.values()))
 
 
 def shorten_labels(labels: list[str], limit: int = LONG_LABEL, prefix: str = "G") -> tuple[list[str], list[tuple[str, str]]]:

@@ -1,12 +1,13 @@
 """Runs all variants of a recipe in one run directory, sequentially or in worker processes,
 skipping variants that finished before (``--resume``).
 
-With ``runtime.jobs: N`` each run trains in a process of its own (``spawn``), at most N at a
-time, each reporting to the parent through a pipe of its own. A worker dies with its parent
-(``PR_SET_PDEATHSIG`` on Linux, and a thread that watches the parent's pid everywhere), and the
-death of a worker (killed, out of memory) is that run's failure: the other runs go on, and the
-sweep ends with :class:`RunsFailed`, which lists the failed runs and the command that retries
-them. A failed run of a sequential sweep does not stop the others either.
+With ``runtime.jobs: N`` the runs train in N worker processes (``spawn``), each training one
+run after another and reporting to the parent through a pipe of its own. A worker dies with
+its parent (``PR_SET_PDEATHSIG`` on Linux, and a thread that watches the parent's pid
+everywhere), and the death of a worker (killed, out of memory) is the failure of the run it was
+training: the other runs go on, and the sweep ends with :class:`RunsFailed`, which lists the
+failed runs and the command that retries them. A failed run of a sequential sweep does not stop
+the others either.
 """
 
 from __future__ import annotations
@@ -207,57 +208,81 @@ def _failure(variant: str, error: BaseException, directory: Path) -> Failure:
 
 @dataclass
 class _Worker:
-    variant: Variant
+    """A worker process and the run it trains now (``None`` while it waits for one)."""
+
     process: Any
     connection: Any
+    """Both ways: runs to the worker; progress events and each run's result from it."""
+    variant: Variant | None = None
     result: tuple | None = None
     open: bool = True
+    reusable: bool = True
+    """False once a run of it failed: the process ends, and is given no other run."""
 
 
 def _execute_in_workers(
     sweep: RunDirectory, pending: list[Variant], jobs: int, progress: RichProgress, console: Console,
     teacher_store: Path | None, threads: int,
 ) -> list[Failure]:
+    """At most ``jobs`` worker processes, each training one run after another, as a sequential
+    sweep does: a new process per run would pay torch's, the plugins' and the dataset's imports
+    every time (5-8 s a run on a 2-core CPU, as long as a digits teacher trains). A worker whose
+    run failed ends, and a new one takes the next run."""
     context = multiprocessing.get_context("spawn")
     waiting = list(pending)
-    running: list[_Worker] = []
+    workers: list[_Worker] = []
     failures: list[Failure] = []
+
+    def start(variant: Variant, worker: _Worker | None = None) -> None:
+        if worker is None:
+            ours, theirs = context.Pipe(duplex=True)
+            process = context.Process(target=_worker, name="kdcore worker", args=(theirs, os.getpid()))
+            process.start()
+            theirs.close()
+            worker = _Worker(process, ours)
+            workers.append(worker)
+        worker.variant, worker.result = variant, None
+        _send(worker.connection, (resolved(variant.recipe), sweep.variant(variant.id).path, variant.id,
+                                  teacher_store, variant.recipe.runtime.threads or threads))
+
     try:
-        while waiting or running:
-            while waiting and len(running) < jobs:
-                variant = waiting.pop(0)
-                reader, writer = context.Pipe(duplex=False)
-                process = context.Process(
-                    target=_worker, name=f"kdcore {variant.id}",
-                    args=(resolved(variant.recipe), sweep.variant(variant.id).path, variant.id, writer,
-                          teacher_store, variant.recipe.runtime.threads or threads, os.getpid()),
-                )
-                process.start()
-                writer.close()
-                running.append(_Worker(variant, process, reader))
-            handles = [w.connection for w in running if w.open] + [w.process.sentinel for w in running]
+        while waiting or any(w.variant is not None for w in workers):
+            for worker in workers:
+                if waiting and worker.variant is None and worker.reusable:
+                    start(waiting.pop(0), worker)
+            while waiting and len(workers) < jobs:
+                start(waiting.pop(0))
+            handles = [w.connection for w in workers if w.open] + [w.process.sentinel for w in workers]
             multiprocessing.connection.wait(handles, timeout=1.0)
-            for worker in list(running):
+            for worker in list(workers):
                 _drain(worker, progress)
-                if worker.process.exitcode is None:
-                    continue
-                worker.process.join()
-                _drain(worker, progress)
-                worker.connection.close()
-                running.remove(worker)
-                failure = _worker_failure(worker, sweep)
-                if failure is not None:
-                    failures.append(failure)
-                    console.print(f"[red]failed[/]: {escape(failure.variant)}: {escape(failure.message)}", soft_wrap=True)
-                progress.run_finished()
+                ended = worker.process.exitcode is not None
+                if ended:
+                    worker.process.join()
+                    _drain(worker, progress)
+                if worker.variant is not None and (worker.result is not None or ended):
+                    failure = _worker_failure(worker, sweep)
+                    if failure is not None:
+                        worker.reusable = False
+                        failures.append(failure)
+                        console.print(f"[red]failed[/]: {escape(failure.variant)}: {escape(failure.message)}",
+                                      soft_wrap=True)
+                    worker.variant = None
+                    progress.run_finished()
+                if ended:
+                    worker.connection.close()
+                    workers.remove(worker)
     except KeyboardInterrupt:
-        _stop(running)
+        _stop(workers)
         raise
     finally:
-        for worker in running:  # an error in this loop: never leave a worker behind
+        for worker in workers:  # done, or an error in this loop: never leave a worker behind
+            _send(worker.connection, None)
+        for worker in workers:
+            worker.process.join(INTERRUPT_GRACE_SECONDS)
             if worker.process.is_alive():
                 worker.process.kill()
-            worker.process.join()
+                worker.process.join()
     return failures
 
 
@@ -278,61 +303,70 @@ def _drain(worker: _Worker, progress: RichProgress) -> None:
 
 
 def _worker_failure(worker: _Worker, sweep: RunDirectory) -> Failure | None:
-    result, code = worker.result, worker.process.exitcode
-    if result is not None and result[0] == "done" and code == 0:
+    """``None`` for a run that finished; else its failure, from what the worker said or how its
+    process ended."""
+    result, code, variant = worker.result, worker.process.exitcode, worker.variant
+    if result is not None and result[0] == "done":
         return None
     if result is not None and result[0] == "failed":
-        return Failure(worker.variant.id, result[1], bad_input=result[2])
+        return Failure(variant.id, result[1], bad_input=result[2])
     if result is not None and result[0] == "interrupted":
-        return Failure(worker.variant.id, "interrupted", bad_input=False)
+        return Failure(variant.id, "interrupted", bad_input=False)
     if code is not None and code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
         hint = " (out of memory? see dmesg)" if -code == signal.SIGKILL else ""
         how = f"was killed by {name}{hint}"
     else:
         how = f"exited with status {code} before reporting a result"
-    return Failure(worker.variant.id, f"its worker process (pid {worker.process.pid}) {how}; "
-                   f"what it saved is in {sweep.variant(worker.variant.id).path}", bad_input=False)
+    return Failure(variant.id, f"its worker process (pid {worker.process.pid}) {how}; "
+                   f"what it saved is in {sweep.variant(variant.id).path}", bad_input=False)
 
 
-def _stop(running: list[_Worker]) -> None:
+def _stop(workers: list[_Worker]) -> None:
     """After Ctrl-C: let the workers stop (they got the interrupt too, or get it now), then
     kill the ones that do not within the grace period."""
-    for worker in running:
+    for worker in workers:
         if worker.process.is_alive():
             try:
                 os.kill(worker.process.pid, signal.SIGINT)
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + INTERRUPT_GRACE_SECONDS
-    for worker in running:
+    for worker in workers:
         worker.process.join(max(0.0, deadline - time.monotonic()))
         if worker.process.is_alive():
             worker.process.kill()
             worker.process.join()
 
 
-def _worker(
-    recipe_data: dict[str, Any], directory: Path, label: str, connection: Any, teacher_store: Path | None,
-    threads: int, parent: int,
-) -> None:
+def _worker(connection: Any, parent: int) -> None:
+    """Train the runs the parent sends, one at a time, until it sends ``None`` or a run fails."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, _interrupt_once)
     events = _ConnectionQueue(connection)
-    try:
-        registry = load_registry()
-        recipe = Recipe.model_validate(recipe_data, context={"registry": registry})
-        torch_threads(threads)
-        with variant_lock(directory, label):
-            Run(recipe, directory, registry, label, QueueProgress(events), teacher_store).execute()
-    except KeyboardInterrupt:
-        _send(connection, ("interrupted",))
-        return
-    except BaseException as error:
-        failure = _failure(label, error, directory)
-        _send(connection, ("failed", failure.message, failure.bad_input))
-        sys.exit(1)
-    _send(connection, ("done",))
+    registry = None
+    while True:
+        try:
+            task = connection.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        if task is None:
+            return
+        recipe_data, directory, label, teacher_store, threads = task
+        try:
+            registry = registry or load_registry()
+            recipe = Recipe.model_validate(recipe_data, context={"registry": registry})
+            torch_threads(threads)
+            with variant_lock(directory, label):
+                Run(recipe, directory, registry, label, QueueProgress(events), teacher_store).execute()
+        except KeyboardInterrupt:
+            _send(connection, ("interrupted",))
+            return
+        except BaseException as error:
+            failure = _failure(label, error, directory)
+            _send(connection, ("failed", failure.message, failure.bad_input))
+            sys.exit(1)
+        _send(connection, ("done",))
 
 
 def _interrupt_once(signum: int, frame: Any) -> None:
