@@ -79,6 +79,7 @@ def reopen_student(run: Path) -> Path:
     ("too_many_epochs", r"epochs_done is 7, outside the student stage's 1..3"),
     ("no_optimizer", r"not a kdcore checkpoint \(no 'optimizer'\)"),
     ("other_network", r"does not fit the student stage \(Missing key\(s\) in state_dict: \"model.classifier"),
+    ("pin_elsewhere", r"'pinned' names files other than the stage's best weights at epoch 3"),
 ])
 def test_a_bad_checkpoint_is_one_line_naming_it_and_the_fix(damage, reason, finished_run, monkeypatch, capsys):
     path, run = finished_run
@@ -100,6 +101,8 @@ def test_a_bad_checkpoint_is_one_line_naming_it_and_the_fix(damage, reason, fini
     elif damage == "other_network":
         trainable = {k: v for k, v in state["trainable"].items() if "classifier" not in k}
         torch.save({**state, "trainable": trainable}, checkpoint)
+    elif damage == "pin_elsewhere":  # restoring it would write over a file outside the stage
+        torch.save({**state, "pinned": {"best.safetensors": "../../recipe.yaml"}}, checkpoint)
     code, _, err = run_cli(monkeypatch, capsys, "run", path, "--run-dir", run, "--resume")
     line = one_line(err)
     assert code == 2, err

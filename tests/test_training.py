@@ -260,3 +260,43 @@ def test_cross_entropy_of_weight_zero_is_logged_but_not_trained_on(write_recipe,
     for record in log:
         assert record["train/ce"] > 0
         assert record["train/loss"] == pytest.approx(0.5 * record["train/kd"], rel=1e-5)
+
+
+def test_a_resumed_stage_gets_back_the_best_weights_of_its_checkpoint(tmp_path):
+    """A best-weights file written after the last checkpoint belongs to an epoch the resumed
+    stage forgets; on non-deterministic hardware the redone epochs may never write over it. The
+    checkpoint pins the best files as they were, and resuming puts those back."""
+    from kdcore.callbacks import Callback
+    from kdcore.testing import run_recipe
+
+    recipe = copy.deepcopy(TINY_TOY)
+    recipe["student"]["epochs"] = 4
+    recipe["runtime"]["checkpoint_every"] = 2
+    student = tmp_path / "run/student"
+    at_checkpoint = {}
+
+    class StopAfterEpoch3(Callback):
+        def on_checkpoint(self, stage, epochs_done):
+            if stage.stage == "student":
+                at_checkpoint.update({p.name: p.read_bytes() for p in student.glob("best*.safetensors")})
+
+        def on_epoch_end(self, stage, record):
+            if stage.stage == "student" and record["epoch"] == 3:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, tmp_path / "run", callbacks=StopAfterEpoch3())
+    assert set(at_checkpoint) == {"best.safetensors"} and (student / "best.safetensors.at-2").exists()
+    (student / "best.safetensors").write_bytes(b"written by epoch 3 of the stopped process")
+
+    class StopAtStart(Callback):
+        def on_stage_start(self, stage):
+            if stage.stage == "student":
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, tmp_path / "run", callbacks=StopAtStart())
+    assert (student / "best.safetensors").read_bytes() == at_checkpoint["best.safetensors"]
+    summary = run_recipe(recipe, tmp_path / "run")
+    assert summary["student"]["best_val"]["epoch"] >= 1
+    assert not list(student.glob("*.at-*")), "a finished stage keeps no pins"

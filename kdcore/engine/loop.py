@@ -19,7 +19,7 @@ from kdcore.engine.evaluate import evaluate
 from kdcore.engine.schedule import OptimizerSettings, ScheduleSettings, build_optimizer, learning_rate, set_learning_rate
 from kdcore.errors import KdcoreError, NonFiniteLossError
 from kdcore.nn import Batch, Split
-from kdcore.runs.layout import MODEL_SELECTION, StageFiles, save_weights
+from kdcore.runs.layout import MODEL_SELECTION, PIN_MARK, StageFiles, save_weights
 
 StepLoss = Callable[[Batch], tuple[Tensor, dict[str, Tensor]]]
 """Maps a batch to (total loss to minimise, named terms to log)."""
@@ -142,6 +142,7 @@ class Loop:
         self._check_ranks_agree()
         if writes:
             save_weights(self.trainable.model, self.files.weights, self.trainable.weights_metadata)
+            self.files.drop_pins({})  # a stage with its final weights is never resumed
         accelerator.barrier()
         self.callbacks.on_stage_end(info)
 
@@ -236,7 +237,14 @@ class Loop:
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        state["pinned"] = self.files.pin(self._best_files(), epochs_done)
         self.files.save_state(state)
+        self.files.drop_pins(state["pinned"])
+
+    def _best_files(self) -> list[str]:
+        """The weights files kept for the best epochs so far: by validation top-1, and by each
+        extra selection of the stage."""
+        return [self.files.best_weights.name, *(selection.weights for selection in self.settings.selections)]
 
     def _restore(self, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> int:
         """Load the checkpoint if one exists; drop metrics of epochs after it. Returns the
@@ -267,6 +275,8 @@ class Loop:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         if main:
             self.files.keep_records(done)
+            if "pinned" in state:  # checkpoints written before pins leave the best files as they are
+                self.files.restore_pins(self._best_files(), state["pinned"])
         return done
 
     def _validated(self, state: dict[str, Any]) -> int:
@@ -286,4 +296,9 @@ class Loop:
         if not 1 <= done <= self.settings.epochs:
             raise KdcoreError(f"{where}: epochs_done is {done}, outside the {self.stage} stage's "
                               f"1..{self.settings.epochs}; {fix}")
+        pinned = state.get("pinned", {})
+        if not isinstance(pinned, dict) or any(
+                name not in self._best_files() or file != f"{name}{PIN_MARK}{done}" for name, file in pinned.items()):
+            raise KdcoreError(f"{where}: 'pinned' names files other than the stage's best weights at epoch {done}; "
+                              f"{fix}")
         return done

@@ -14,6 +14,8 @@ pid) and ``status.json`` (when it was created, and whether it failed before its 
 
 Files are written to a temporary name beside the target and renamed over it, so a crash never
 leaves half a file; the temporary files of a process that died are removed on the next start.
+A checkpoint pins the stage's best-weights files as they are (``best.safetensors.at-<epoch>``,
+hard links) so that a resumed stage starts from the best weights its checkpoint knew.
 Weights are safetensors and resume states are read with ``weights_only=True``: nothing read here
 can execute code. torch is imported only by the functions that read or write tensors, so reports
 can use this module without it.
@@ -28,6 +30,7 @@ import io
 import json
 import os
 import re
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -50,6 +53,8 @@ TEACHER_STORE = "teachers"
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.safetensors"
 BEST_WEIGHTS = "best.safetensors"
+PIN_MARK = ".at-"
+"""``best.safetensors.at-30``: a best-weights file as it was at the checkpoint after epoch 30."""
 BEST_BRIER_WEIGHTS = "best_brier.safetensors"
 TEACHER_RECORD = "teacher.json"
 METRICS = "metrics.jsonl"
@@ -97,6 +102,13 @@ def named(error: OSError, path: Path) -> OSError:
     if error.filename is not None:
         return error
     return OSError(error.errno, error.strerror, str(path))
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def remove_stale_temporaries(directory: Path, recursive: bool = False) -> list[Path]:
@@ -327,6 +339,37 @@ class StageFiles:
 
     def remove_stale_temporaries(self) -> list[Path]:
         return remove_stale_temporaries(self.path)
+
+    def pin(self, names: list[str], epochs_done: int) -> dict[str, str]:
+        """Hard links (copies where the file system has none) of the best-weights files among
+        ``names`` as they are after ``epochs_done`` epochs, named for that epoch
+        (``best.safetensors.at-30``), for the checkpoint to name. A stage resumed from that
+        checkpoint restores them (:meth:`restore_pins`): a best file that the stopped process
+        wrote after its checkpoint belongs to an epoch the resumed stage forgets, and on
+        non-deterministic hardware the resumed stage may never write over it."""
+        pins = {}
+        for name in names:
+            if (self.path / name).exists():
+                pins[name] = f"{name}{PIN_MARK}{epochs_done}"
+                write_atomically(self.path / pins[name], lambda p, name=name: _link_or_copy(self.path / name, p))
+        return pins
+
+    def drop_pins(self, keep: dict[str, str]) -> None:
+        """Remove the pinned files other than those ``keep`` names."""
+        for path in self.path.glob(f"*{PIN_MARK}*"):
+            if path.name not in keep.values():
+                path.unlink(missing_ok=True)
+
+    def restore_pins(self, names: list[str], pins: dict[str, str]) -> None:
+        """Each best file among ``names`` as its checkpoint pinned it (``pins``: {best file:
+        pinned file}); one the checkpoint has no pin of did not exist then, and is removed. A
+        pin that is gone (the stage had finished) leaves its best file as it is."""
+        for name in names:
+            if name not in pins:
+                (self.path / name).unlink(missing_ok=True)
+            elif (self.path / pins[name]).exists():
+                write_atomically(self.path / name, lambda p, name=name: _link_or_copy(self.path / pins[name], p))
+        self.drop_pins(pins)
 
     def write_distributed(self, world_size: int, identical: bool) -> None:
         write_json(self.path / DISTRIBUTED, {"world_size": world_size, "identical_weights": identical})
