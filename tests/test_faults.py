@@ -367,6 +367,7 @@ def test_ctrl_c_says_what_was_saved_and_the_exact_command_that_resumes(write_rec
     recipe = copy.deepcopy(TINY_TOY)
     recipe["data"]["params"]["n_train"] = 4000
     recipe["student"]["epochs"] = 30
+    recipe["runtime"]["checkpoint_every"] = 1  # a checkpoint after the first epoch, 29 before the end
     path = write_recipe(recipe)
     run = tmp_path / "run"
     process = subprocess.Popen(
@@ -374,7 +375,7 @@ def test_ctrl_c_says_what_was_saved_and_the_exact_command_that_resumes(write_rec
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
-        # after a student checkpoint (written after the epoch's metrics line, which is too early)
+        # after the first student checkpoint (written after the epoch's metrics line: too early)
         checkpoint = run / "student/checkpoint.pt"
         assert wait_for(lambda: checkpoint.exists() or process.poll() is not None)
         process.send_signal(signal.SIGINT)

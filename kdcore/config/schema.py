@@ -409,7 +409,7 @@ class RuntimeConfig(Strict):
         description="torch CPU threads per run; default: the cores not already busy, shared by the runs training at once",
     )
     jobs: Count = Field(
-        default=1, description="runs of a matrix trained at the same time, each in its own process"
+        default=1, description="runs of a matrix trained at the same time, by that many worker processes"
     )
     num_workers: Annotated[int, Field(ge=0, le=MAX_INT)] = Field(
         default=0, description="DataLoader workers for datasets that are not in memory"

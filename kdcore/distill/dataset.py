@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kdcore.api import DatasetContext, Normalization
+from kdcore.api import ArchitectureSpec, DatasetContext, Normalization
 from kdcore.config.schema import Recipe
 from kdcore.distill.components import build_component, describe
 from kdcore.errors import KdcoreError
@@ -28,7 +28,7 @@ def requested_normalization(registry: Registry, recipe: Recipe) -> Normalization
     if not isinstance(source, str):
         return tuple(source.mean), tuple(source.std)
     arch = getattr(recipe, source).arch
-    component = registry.get("architecture", arch.name)
+    component = registry.get(ArchitectureSpec.kind, arch.name)
     try:
         found = component.spec.weights_normalization(arch.params)
     except KdcoreError:
