@@ -373,6 +373,9 @@ def test_ctrl_c_says_what_was_saved_and_the_exact_command_that_resumes(write_rec
     process = subprocess.Popen(
         [sys.executable, "-m", "kdcore.cli", "run", str(path), "--set", "seed=0", "--run-dir", str(run)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        # a suite started in the background by a shell without job control ignores SIGINT, and
+        # a child would inherit that: Ctrl-C reaches a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         # after the first student checkpoint (written after the epoch's metrics line: too early)
