@@ -40,6 +40,10 @@ SAME_TEACHERS = {
 }
 
 MLKD_TEMPERATURES = [3.0, 5.0, 2.0, 6.0]  # after the base temperature (KD_ours.py: 4 or --base-temp, 3, 5, 2, 6)
+# CTKD's curriculum and MLKD's levels, the same with and without logit standardisation
+CTKD = {"t_start": 1.0, "t_range": 20.0, "raw_init": 1.0, "lambda_min": 0.0, "lambda_max": 1.0, "curriculum_epochs": 10}
+MLKD = {"extra_temperatures": MLKD_TEMPERATURES, "strong_view_temperatures": 3, "confidence_percentile": 50.0,
+        "strong_ce_weight": 0.1}
 
 # label -> (distiller, recipe weight, CE weight, student lr, student epochs, params that must hold)
 METHODS: dict[str, tuple[str, float, float, float, int, dict]] = {
@@ -55,25 +59,17 @@ METHODS: dict[str, tuple[str, float, float, float, int, dict]] = {
     "wttm": ("wttm", 4.0, 1.0, 0.05, 240, {"gamma": 0.2}),
     # zhengli97/CTKD run_cifar_distill.sh: -r 0.1 -a 0.9 -b 0, --t_start 1 --t_end 20,
     # --decay_max 0 --decay_min -1 --decay_loops 10; Global_T initialised to 1
-    "ctkd": ("ctkd", 0.9, 0.1, 0.05, 240, {
-        "t_start": 1.0, "t_range": 20.0, "raw_init": 1.0, "lambda_min": 0.0, "lambda_max": 1.0,
-        "curriculum_epochs": 10, "standardize": False}),
+    "ctkd": ("ctkd", 0.9, 0.1, 0.05, 240, {**CTKD, "standardize": False}),
     # MLKD configs/cifar100/ours/*.yaml (LR 0.025) and cfg.KD (T 4, CE 0.1, KD 0.9)
-    "mlkd": ("mlkd", 1.0, 0.1, 0.025, 240, {
-        "temperature": 4.0, "extra_temperatures": MLKD_TEMPERATURES, "strong_view_temperatures": 3,
-        "confidence_percentile": 50.0, "kd_weight": 0.9, "strong_ce_weight": 0.1, "standardize": False}),
+    "mlkd": ("mlkd", 1.0, 0.1, 0.025, 240, {**MLKD, "temperature": 4.0, "kd_weight": 0.9, "standardize": False}),
     # logit standardisation: KD (T and weight per pair below), CE 0.1 (cfg.KD.LOSS.CE_WEIGHT)
     "kd-ls": ("kd", None, 0.1, 0.05, 240, {"scale_by_t2": True, "standardize": True}),
     # DKD (T, weight and beta per pair below), alpha 1, warm-up 20, CE 1 (cfg.DKD.CE_WEIGHT)
     "dkd-ls": ("dkd", None, 1.0, 0.05, 240, {"alpha": 1.0, "warmup_epochs": 20, "standardize": True}),
     # LS's CTKD/scripts/run_cifar_distill.sh: -r 0.1 -a 9, the learnt temperature as CTKD's
-    "ctkd-ls": ("ctkd", 9.0, 0.1, 0.05, 240, {
-        "t_start": 1.0, "t_range": 20.0, "raw_init": 1.0, "lambda_min": 0.0, "lambda_max": 1.0,
-        "curriculum_epochs": 10, "standardize": True}),
+    "ctkd-ls": ("ctkd", 9.0, 0.1, 0.05, 240, {**CTKD, "standardize": True}),
     # LS's configs/cifar100/mlkd/*.yaml (LR 0.025, EPOCHS 480) with --base-temp 2 --kd-weight 9
-    "mlkd-ls": ("mlkd", 1.0, 0.1, 0.025, 480, {
-        "temperature": 2.0, "extra_temperatures": MLKD_TEMPERATURES, "strong_view_temperatures": 3,
-        "confidence_percentile": 50.0, "kd_weight": 9.0, "strong_ce_weight": 0.1, "standardize": True}),
+    "mlkd-ls": ("mlkd", 1.0, 0.1, 0.025, 480, {**MLKD, "temperature": 2.0, "kd_weight": 9.0, "standardize": True}),
 }
 
 # Per pair (RepDistiller names): DKD's beta (mdistiller configs), KD + LS (T, weight) and

@@ -9,7 +9,6 @@ a teacher are reference rows."""
 from __future__ import annotations
 
 import csv
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,14 +301,3 @@ def write_csv(table: Comparison, path: Path) -> None:
             mean, std, n = reference.stats()
             writer.writerow([reference.selection, "reference", reference.label, reference.student, reference.data, "",
                              mean, std, n, *[""] * 10])
-
-
-def finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: they become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value

@@ -57,6 +57,7 @@ from kdcore.results.tables import (
     teacher_ranking,
     write_group_csv,
 )
+from kdcore.runs.layout import finite
 
 SCHEMA = "kdcore-report/1"
 REPORT_JSON = "report.json"
@@ -153,5 +154,5 @@ def build_report(directory: Path, results: list[RunResult], compare: str | None 
         "bcpd": bcpd_data,
         "files": [str(p) for p in written],
     }
-    (directory / REPORT_JSON).write_text(json.dumps(comparison.finite(data), indent=1, default=str) + "\n")
+    (directory / REPORT_JSON).write_text(json.dumps(finite(data), indent=1, default=str) + "\n")
     return Report(directory, results, design, teachers, labels, rows, table, data, written)

@@ -33,6 +33,7 @@ from rich.progress import (
 )
 
 from kdcore.callbacks import Callback, StageInfo
+from kdcore.runs.layout import finite
 
 HEARTBEAT_SECONDS = 60.0
 """Within an epoch longer than this, a plain log gets a line with the step count this often."""
@@ -58,18 +59,8 @@ class EventConsole(Console):
 
 def write_event(stream: TextIO, name: str, **fields: Any) -> None:
     """One JSON object on one line, flushed: ``{"event": name, "time": unix seconds, ...}``."""
-    stream.write(json.dumps(_finite({"event": name, "time": round(time.time(), 3), **fields}), default=str) + "\n")
+    stream.write(json.dumps(finite({"event": name, "time": round(time.time(), 3), **fields}), default=str) + "\n")
     stream.flush()
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def held_out_top1(record: Mapping[str, float]) -> tuple[str, float] | None:
