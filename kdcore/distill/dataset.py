@@ -8,7 +8,7 @@ from typing import Any
 
 from kdcore.api import ArchitectureSpec, DatasetContext, Normalization
 from kdcore.config.schema import Recipe
-from kdcore.distill.components import build_component, describe
+from kdcore.distill.components import build_component, describe, plugin_code
 from kdcore.errors import KdcoreError
 from kdcore.registry import Registry
 
@@ -29,13 +29,9 @@ def requested_normalization(registry: Registry, recipe: Recipe) -> Normalization
         return tuple(source.mean), tuple(source.std)
     arch = getattr(recipe, source).arch
     component = registry.get(ArchitectureSpec.kind, arch.name)
-    try:
+    with plugin_code(f"data.normalization: {source}: {describe(component)} failed to say its weights' "
+                     "normalisation", fix=None):
         found = component.spec.weights_normalization(arch.params)
-    except KdcoreError:
-        raise
-    except Exception as error:
-        raise KdcoreError(f"data.normalization: {source}: {describe(component)} failed to say its weights' "
-                          f"normalisation: {type(error).__name__}: {error}") from error
     if found is None:
         raise KdcoreError(f"data.normalization: {source}: the {source}'s weights ({describe(component)}) carry no "
                           "normalisation; give data.normalization: {mean: [...], std: [...]}")

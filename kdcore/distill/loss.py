@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdcore.config.schema import DistillerRef
+from kdcore.distill.components import plugin_code
 from kdcore.errors import KdcoreError
 from kdcore.nn import Batch, Distiller, Features, Objective
 
@@ -45,13 +46,8 @@ def checked_terms(losses: object, who: str) -> dict[str, Tensor]:
 
 def guarded(call: Callable[[], object], who: str) -> dict[str, Tensor]:
     """Run a plugin's forward, turning what it raises into one line naming it."""
-    try:
+    with plugin_code(f"{who} failed in its forward pass"):
         return checked_terms(call(), who)
-    except KdcoreError:
-        raise
-    except Exception as error:
-        raise KdcoreError(f"{who} failed in its forward pass: {type(error).__name__}: {error}; "
-                          "report it to the plugin's authors (--debug shows the traceback)") from error
 
 
 def objective_terms(objective: Callable, term: str, logits: Tensor, batch: Batch, who: str) -> dict[str, Tensor]:
