@@ -13,7 +13,7 @@ from rich.markup import escape
 
 import kdcore
 from kdcore.api import SPEC_TYPES
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, first_line
 
 console = Console()
 errors = Console(stderr=True, highlight=False)
@@ -155,7 +155,7 @@ def run(recipe: Path, overrides: tuple[str, ...], out: Path, run_dir: Path | Non
         except BaseException as error:
             if main_process and part is None and (directory / "recipe.yaml").exists() and not _refused(error):
                 update_status(directory, status="failed", trained=trained_anything(directory),
-                              error=str(error).splitlines()[0] if str(error) else type(error).__name__)
+                              error=first_line(error))
             raise
         if main_process and part is not None:
             console.print(escape(f"shard {part} finished; {report_hint(directory)}"), soft_wrap=True)

@@ -30,7 +30,7 @@ from kdcore.config.schema import Recipe
 from kdcore.distill.dataset import build_dataset
 from kdcore.distill.metadata import FORMAT, weights_metadata
 from kdcore.distill.settings import runtime_values
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, first_line
 from kdcore.registry import Registry, load_registry
 from kdcore.runs.layout import (
     BEST_WEIGHTS,
@@ -236,7 +236,7 @@ def _write_onnx(model: nn.Module, metadata: dict[str, Any], out: Path) -> str:
             )
     except Exception as error:  # the exporter's errors are long; the first line says what failed
         raise KdcoreError(f"cannot export architecture '{metadata['architecture']['name']}' to ONNX: "
-                          f"{type(error).__name__}: {_first_line(error)}; try --format torchscript") from None
+                          f"{type(error).__name__}: {first_line(error)}; try --format torchscript") from None
     program.model.metadata_props["kdcore"] = json.dumps(metadata, sort_keys=True)
     write_atomically(out, lambda p: program.save(str(p), external_data=False))
     if importlib.util.find_spec("onnxruntime") is None:
@@ -258,7 +258,7 @@ def _write_torchscript(model: nn.Module, metadata: dict[str, Any], out: Path) ->
             traced = torch.jit.trace(model, example)
         except Exception as error:
             raise KdcoreError(f"cannot trace architecture '{metadata['architecture']['name']}' for TorchScript: "
-                              f"{type(error).__name__}: {_first_line(error)}; try --format onnx") from None
+                              f"{type(error).__name__}: {first_line(error)}; try --format onnx") from None
         write_atomically(out, lambda p: torch.jit.save(traced, str(p), _extra_files=extra))
         loaded = torch.jit.load(str(out), map_location="cpu")
     inputs = _example(metadata, CHECK_BATCH, 1)
@@ -279,11 +279,6 @@ def _compare(model: nn.Module, inputs: torch.Tensor, theirs: torch.Tensor, runne
         raise KdcoreError(f"{out}: on a batch of {len(inputs)}, {runner} gives logits up to {difference:.3g} away "
                           "from the network's; the export is wrong, try the other format")
     return f"checked with {runner} on a batch of {len(inputs)}: logits within {difference:.1e}"
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def _numbers(values: list[float]) -> str:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdcore.errors import KdcoreError
+from kdcore.errors import KdcoreError, first_line
 
 SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
@@ -191,8 +191,7 @@ def variant_lock(directory: Path, label: str) -> Iterator[None]:
         except BaseException as error:
             if not isinstance(error, KeyboardInterrupt):
                 with contextlib.suppress(OSError):
-                    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                    update_status(directory, status="failed", error=first)
+                    update_status(directory, status="failed", error=first_line(error))
             raise
         with contextlib.suppress(OSError):
             update_status(directory, status="finished")

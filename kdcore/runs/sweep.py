@@ -33,7 +33,7 @@ from kdcore.config.loader import Variant
 from kdcore.config.schema import Recipe
 from kdcore.distill.run import Run
 from kdcore.engine import distributed
-from kdcore.errors import KdcoreError, NonFiniteLossError
+from kdcore.errors import KdcoreError, NonFiniteLossError, first_line
 from kdcore.registry import Registry, load_registry
 from kdcore.runs.layout import RECIPE, RunDirectory, check_name_length, read_yaml, write_yaml
 from kdcore.runs.progress import QueueProgress, RichProgress, replay
@@ -193,7 +193,7 @@ def execute(
 
 def _failure(variant: str, error: BaseException, directory: Path) -> Failure:
     if isinstance(error, KdcoreError):
-        return Failure(variant, str(error).splitlines()[0] if str(error) else type(error).__name__,
+        return Failure(variant, first_line(error),
                        bad_input=not isinstance(error, NonFiniteLossError))
     log = directory / ERROR_LOG
     try:
